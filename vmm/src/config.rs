@@ -1,0 +1,52 @@
+//! The validated description of a VM that the command line produces and the VMM consumes.
+//!
+//! Everything here has already been checked (files readable, sizes non-zero, counts in range) by
+//! the front end; the VMM trusts these values.
+
+use std::path::PathBuf;
+
+/// Where the guest's 16550 UART (COM1) output goes, and whether it exists at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SerialMode {
+    /// No UART is created.
+    Off,
+    /// A UART whose output is discarded.
+    Null,
+    /// Output to viaduct's stdout; viaduct's stdin feeds the guest (raw mode when it is a TTY).
+    Tty,
+    /// Output appended to a file.
+    File(PathBuf),
+}
+
+/// The virtio console. Only `Off` exists today; the option is accepted for compatibility with
+/// cloud-hypervisor command lines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsoleMode {
+    /// No virtio console device.
+    Off,
+}
+
+/// A complete, validated VM description.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Kernel image: a bzImage, or an ELF vmlinux (entered through its PVH note when it has one).
+    pub kernel: PathBuf,
+    /// Optional initramfs loaded next to the kernel.
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line (without the terminating NUL).
+    pub cmdline: String,
+    /// Number of vCPUs started at boot (1..=`MAX_VCPUS`).
+    pub boot_vcpus: u8,
+    /// Guest RAM size in bytes (a multiple of 4 KiB, at least `MIN_MEMORY_BYTES`).
+    pub memory_bytes: u64,
+    /// COM1 wiring.
+    pub serial: SerialMode,
+    /// virtio console wiring.
+    pub console: ConsoleMode,
+}
+
+/// Largest number of boot vCPUs: xAPIC IDs are 8 bits and 0xff is the broadcast ID.
+pub const MAX_VCPUS: u8 = 254;
+
+/// Smallest guest RAM accepted: enough for the boot structures below 1 MiB plus a kernel.
+pub const MIN_MEMORY_BYTES: u64 = 16 << 20;
