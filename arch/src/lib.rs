@@ -6,4 +6,9 @@
 //! it is unit-tested without `/dev/kvm`. It must not know about devices' behaviour, only where
 //! they sit.
 
+pub mod acpi;
+pub mod boot;
+pub mod cpuid;
 pub mod layout;
+pub mod memory;
+pub mod regs;

@@ -89,7 +89,9 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.resolve(addr) {
             Some((offset, dev)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read(offset, data);
                 true
             }
             None => false,
@@ -100,7 +102,9 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.resolve(addr) {
             Some((offset, dev)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write(offset, data);
                 true
             }
             None => false,
@@ -141,9 +145,18 @@ mod tests {
         let mut bus = Bus::new();
         let d = || Arc::new(Mutex::new(Recorder(vec![]))) as Arc<Mutex<dyn BusDevice>>;
         bus.insert(d(), 0x100, 0x10).unwrap();
-        assert!(matches!(bus.insert(d(), 0x10f, 1), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert(d(), 0xf0, 0x11), Err(BusError::Overlap { .. })));
-        assert_eq!(bus.insert(d(), 0x100, 0), Err(BusError::EmptyRange { base: 0x100 }));
+        assert!(matches!(
+            bus.insert(d(), 0x10f, 1),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(d(), 0xf0, 0x11),
+            Err(BusError::Overlap { .. })
+        ));
+        assert_eq!(
+            bus.insert(d(), 0x100, 0),
+            Err(BusError::EmptyRange { base: 0x100 })
+        );
         bus.insert(d(), 0x110, 1).unwrap();
         bus.insert(d(), 0xf0, 0x10).unwrap();
     }

@@ -1,8 +1,17 @@
 //! Emulated devices of a viaduct guest (16550 serial, ACPI power management, the i8042 reset
 //! line, pvpanic) and the port/MMIO bus that dispatches vCPU exits to them.
 //!
-//! Devices know nothing about KVM: they see reads and writes at offsets, raise interrupts through
-//! `EventFd`s and report guest-requested exits through an [`exit::ExitNotifier`].
+//! Devices know nothing about KVM: they see reads and writes at offsets relative to where the
+//! VMM mapped them, raise interrupts through `EventFd`s and report guest-requested exits
+//! through an [`exit::ExitNotifier`]. Register emulation comes from vm-superio where it has
+//! one (serial, i8042); [`trigger`] adapts its `Trigger` trait to viaduct's primitives. All of
+//! them decode single-byte accesses only (see [`byte_access`]).
 
+pub mod acpi_pm;
 pub mod bus;
+pub mod byte_access;
 pub mod exit;
+pub mod i8042;
+pub mod pvpanic;
+pub mod serial;
+pub mod trigger;

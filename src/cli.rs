@@ -1,0 +1,98 @@
+//! The command-line definition (clap), following cloud-hypervisor's flag syntax.
+//!
+//! This module only describes the flags and collects their raw values; turning them into a
+//! validated [`vmm::config::VmConfig`] is [`crate::config`]'s job, so that every value error is
+//! reported the same way. Flags that will take several `key=value` sets (`--device`, `--disk`)
+//! should use `num_args = 1..` with `ArgAction::Append` and parse each string on its own.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser};
+
+/// Default `--cpus` value.
+pub const DEFAULT_CPUS: &str = "boot=1";
+/// Default `--memory` value.
+pub const DEFAULT_MEMORY: &str = "size=512M";
+/// Default `--serial` value (as in cloud-hypervisor).
+pub const DEFAULT_SERIAL: &str = "null";
+/// Default `--console` value.
+pub const DEFAULT_CONSOLE: &str = "off";
+
+/// viaduct: a minimal KVM virtual machine monitor for PCI device passthrough (VFIO).
+///
+/// The flags follow cloud-hypervisor's syntax, so existing command lines work unchanged for the
+/// features viaduct implements; options it does not implement are rejected with an error rather
+/// than silently ignored.
+#[derive(Debug, Parser)]
+#[command(name = "viaduct", version, max_term_width = 100)]
+pub struct Cli {
+    /// Guest kernel image: a bzImage or an ELF vmlinux (the format is detected). Required.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+
+    /// Initramfs loaded next to the kernel. Default: none.
+    #[arg(long, value_name = "PATH")]
+    pub initramfs: Option<PathBuf>,
+
+    /// Kernel command line, at most 65535 bytes. Default: empty.
+    #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+
+    /// vCPUs started at boot: `boot=N` or just `N`, with N from 1 to 254.
+    #[arg(long, value_name = "boot=N", default_value = DEFAULT_CPUS)]
+    pub cpus: String,
+
+    /// Guest RAM: `size=SIZE` or just `SIZE`, a byte count with an optional binary K, M, G or T
+    /// suffix (any case). At least 16M and a multiple of 4K.
+    #[arg(long, value_name = "size=SIZE", default_value = DEFAULT_MEMORY)]
+    pub memory: String,
+
+    /// COM1 serial port: `off` (no UART), `null` (output discarded), `tty` (viaduct's
+    /// stdin/stdout) or `file=PATH` (output appended to PATH).
+    #[arg(
+        long,
+        value_name = "off|null|tty|file=PATH",
+        default_value = DEFAULT_SERIAL
+    )]
+    pub serial: String,
+
+    /// virtio console: only `off` (or `null`, the same) since viaduct has no virtio console yet;
+    /// use `--serial tty --console off` for a terminal console.
+    #[arg(long, value_name = "off|null", default_value = DEFAULT_CONSOLE)]
+    pub console: String,
+
+    /// Log more: none = warnings and errors, -v = info, -vv = debug, -vvv = trace. RUST_LOG, when
+    /// set, overrides this (e.g. RUST_LOG=vmm=trace).
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = Cli::try_parse_from(["viaduct", "--kernel", "k"]).unwrap();
+        assert_eq!(cli.cpus, DEFAULT_CPUS);
+        assert_eq!(cli.memory, DEFAULT_MEMORY);
+        assert_eq!(cli.serial, DEFAULT_SERIAL);
+        assert_eq!(cli.console, DEFAULT_CONSOLE);
+        assert_eq!(cli.cmdline, None);
+        assert_eq!(cli.verbose, 0);
+    }
+
+    #[test]
+    fn verbosity_counts_and_cmdline_takes_hyphens() {
+        let cli =
+            Cli::try_parse_from(["viaduct", "-vv", "-v", "--cmdline", "-- init=/bin/sh"]).unwrap();
+        assert_eq!(cli.verbose, 3);
+        assert_eq!(cli.cmdline.as_deref(), Some("-- init=/bin/sh"));
+    }
+}

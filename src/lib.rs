@@ -1,0 +1,39 @@
+//! The viaduct command-line front end: flag definitions ([`cli`]), the cloud-hypervisor style
+//! `key=value` option parser ([`options`]), validation into a [`vmm::config::VmConfig`]
+//! ([`config`]) and logging setup ([`logging`]). The `viaduct` binary ties them together.
+
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod options;
+
+use std::error::Error;
+
+/// Formats an error and its whole `source()` chain as one line, joined with `": "`.
+pub fn error_chain(error: &dyn Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        message.push_str(": ");
+        message.push_str(&e.to_string());
+        source = e.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn chain_is_joined() {
+        let e = Outer(std::io::Error::other("inner"));
+        assert_eq!(error_chain(&e), "outer: inner");
+    }
+}

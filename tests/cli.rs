@@ -1,0 +1,357 @@
+//! End-to-end tests of the `viaduct` binary's command line: every bad value must end in one clear
+//! error line naming the flag and the value, a non-zero exit and no panic; good command lines must
+//! get past parsing to `vmm::run`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A scratch directory holding a dummy kernel, removed on drop.
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "viaduct-cli-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("vmlinux"), b"not really a kernel").unwrap();
+        fs::write(dir.join("initramfs"), b"not really an initramfs").unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn kernel(&self) -> String {
+        self.path("vmlinux").display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn viaduct<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Command::new(env!("CARGO_BIN_EXE_viaduct"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run viaduct")
+}
+
+/// Runs viaduct with a valid dummy kernel plus `args`.
+fn with_kernel(scratch: &Scratch, args: &[&str]) -> Output {
+    let kernel = scratch.kernel();
+    viaduct(["--kernel", kernel.as_str()].iter().chain(args))
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Checks a rejected command line: non-zero exit, one `viaduct: error:` line naming `flag` and
+/// `value`, no panic or backtrace.
+fn assert_rejected(output: &Output, flag: &str, value: &str) -> String {
+    let err = stderr(output);
+    assert!(!output.status.success(), "expected failure, stderr: {err}");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "usage exit code, stderr: {err}"
+    );
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(!err.contains("RUST_BACKTRACE"), "backtrace hint: {err}");
+    assert!(!err.contains("stack backtrace"), "backtrace: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+    assert!(err.starts_with("viaduct: error: "), "{err}");
+    assert!(err.contains(flag), "flag {flag} not named: {err}");
+    assert!(err.contains(value), "value {value} not named: {err}");
+    err
+}
+
+#[test]
+fn memory_size_zero() {
+    let s = Scratch::new();
+    let err = assert_rejected(
+        &with_kernel(&s, &["--memory", "size=0"]),
+        "--memory",
+        "size=0",
+    );
+    assert!(err.contains("at least 16 MiB"), "{err}");
+}
+
+#[test]
+fn memory_size_not_a_number() {
+    let s = Scratch::new();
+    assert_rejected(
+        &with_kernel(&s, &["--memory", "size=abc"]),
+        "--memory",
+        "size=abc",
+    );
+}
+
+#[test]
+fn memory_size_overflow_and_alignment() {
+    let s = Scratch::new();
+    assert_rejected(
+        &with_kernel(&s, &["--memory", "size=99999999999G"]),
+        "--memory",
+        "size=99999999999G",
+    );
+    let err = assert_rejected(
+        &with_kernel(&s, &["--memory", "size=16777217"]),
+        "--memory",
+        "size=16777217",
+    );
+    assert!(err.contains("multiple of 4 KiB"), "{err}");
+}
+
+#[test]
+fn cpus_zero() {
+    let s = Scratch::new();
+    assert_rejected(&with_kernel(&s, &["--cpus", "boot=0"]), "--cpus", "boot=0");
+}
+
+#[test]
+fn cpus_too_many() {
+    let s = Scratch::new();
+    let err = assert_rejected(
+        &with_kernel(&s, &["--cpus", "boot=255"]),
+        "--cpus",
+        "boot=255",
+    );
+    assert!(err.contains("254"), "{err}");
+}
+
+#[test]
+fn cpus_unknown_key() {
+    let s = Scratch::new();
+    let err = assert_rejected(
+        &with_kernel(&s, &["--cpus", "boot=2,foo=1"]),
+        "--cpus",
+        "boot=2,foo=1",
+    );
+    assert!(err.contains("\"foo\""), "names the key: {err}");
+    assert!(
+        err.contains("supported keys: boot"),
+        "lists the keys: {err}"
+    );
+}
+
+#[test]
+fn cpus_unsupported_cloud_hypervisor_key() {
+    let s = Scratch::new();
+    let err = assert_rejected(
+        &with_kernel(&s, &["--cpus", "boot=2,max=4"]),
+        "--cpus",
+        "boot=2,max=4",
+    );
+    assert!(err.contains("\"max\""), "{err}");
+}
+
+#[test]
+fn missing_kernel_file() {
+    let s = Scratch::new();
+    let missing = s.path("no-such-vmlinux").display().to_string();
+    let err = assert_rejected(&viaduct(["--kernel", &missing]), "--kernel", &missing);
+    assert!(
+        err.contains("No such file or directory"),
+        "OS reason: {err}"
+    );
+}
+
+#[test]
+fn initramfs_is_a_directory() {
+    let s = Scratch::new();
+    let dir = s.dir.display().to_string();
+    let err = assert_rejected(
+        &with_kernel(&s, &["--initramfs", &dir]),
+        "--initramfs",
+        &dir,
+    );
+    assert!(err.contains("directory"), "{err}");
+}
+
+#[test]
+fn initramfs_missing() {
+    let s = Scratch::new();
+    let missing = s.path("no-such-initramfs").display().to_string();
+    assert_rejected(
+        &with_kernel(&s, &["--initramfs", &missing]),
+        "--initramfs",
+        &missing,
+    );
+}
+
+#[test]
+fn serial_pty_unsupported() {
+    let s = Scratch::new();
+    let err = assert_rejected(&with_kernel(&s, &["--serial", "pty"]), "--serial", "pty");
+    assert!(err.contains("not supported"), "{err}");
+}
+
+#[test]
+fn serial_socket_unsupported_and_bad_file() {
+    let s = Scratch::new();
+    assert_rejected(
+        &with_kernel(&s, &["--serial", "socket=/tmp/x.sock"]),
+        "--serial",
+        "socket=/tmp/x.sock",
+    );
+    let into_dir = format!("file={}", s.dir.display());
+    assert_rejected(
+        &with_kernel(&s, &["--serial", &into_dir]),
+        "--serial",
+        &into_dir,
+    );
+}
+
+#[test]
+fn console_tty_not_implemented() {
+    let s = Scratch::new();
+    let err = assert_rejected(&with_kernel(&s, &["--console", "tty"]), "--console", "tty");
+    assert!(err.contains("not implemented"), "{err}");
+    assert!(err.contains("--serial tty --console off"), "{err}");
+}
+
+#[test]
+fn cmdline_too_long() {
+    let s = Scratch::new();
+    let long = "a".repeat(70_000);
+    let err = assert_rejected(&with_kernel(&s, &["--cmdline", &long]), "--cmdline", "aaaa");
+    assert!(err.contains("70000 bytes"), "{err}");
+}
+
+#[test]
+fn missing_kernel_flag() {
+    let err = assert_rejected(&viaduct(["--cpus", "2"]), "--kernel", "required");
+    assert!(err.contains("--kernel PATH"), "{err}");
+}
+
+#[test]
+fn clap_errors_do_not_panic() {
+    for args in [&["--no-such-flag"][..], &["--kernel"], &["--cpus"]] {
+        let output = viaduct(args);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn help_mentions_every_flag() {
+    let output = viaduct(["--help"]);
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for needle in [
+        "--kernel",
+        "--initramfs",
+        "--cmdline",
+        "--cpus",
+        "--memory",
+        "--serial",
+        "--console",
+        "-v",
+        "--verbose",
+        "--version",
+        "--help",
+        "boot=N",
+        "size=SIZE",
+        "file=PATH",
+        "[default: boot=1]",
+        "[default: size=512M]",
+        "[default: null]",
+        "[default: off]",
+        "RUST_LOG",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+}
+
+#[test]
+fn version() {
+    let output = viaduct(["--version"]);
+    assert!(output.status.success());
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        out.trim(),
+        format!("viaduct {}", env!("CARGO_PKG_VERSION")),
+        "{out}"
+    );
+}
+
+/// A valid command line gets past parsing: the only error left is `vmm::run`'s own (exit 1),
+/// which does not name any flag.
+fn assert_reaches_vmm(output: &Output) {
+    let err = stderr(output);
+    assert_eq!(output.status.code(), Some(1), "stderr: {err}");
+    assert!(err.starts_with("viaduct: error: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
+    assert!(!err.contains("--"), "looks like a parse error: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn valid_config_reaches_vmm() {
+    let s = Scratch::new();
+    assert_reaches_vmm(&with_kernel(&s, &[]));
+    let initramfs = s.path("initramfs").display().to_string();
+    let serial_log = s.path("serial.log");
+    let serial = format!("file={}", serial_log.display());
+    assert_reaches_vmm(&with_kernel(
+        &s,
+        &[
+            "--initramfs",
+            &initramfs,
+            "--cmdline",
+            "console=ttyS0 reboot=k panic=1",
+            "--cpus",
+            "boot=254",
+            "--memory",
+            "size=2G",
+            "--serial",
+            &serial,
+            "--console",
+            "off",
+        ],
+    ));
+    assert!(Path::new(&serial_log).is_file(), "serial file created");
+}
+
+#[test]
+fn plain_values_and_lowercase_suffixes_are_accepted() {
+    let s = Scratch::new();
+    assert_reaches_vmm(&with_kernel(
+        &s,
+        &[
+            "--cpus",
+            "4",
+            "--memory",
+            "1g",
+            "--serial",
+            "tty",
+            "--console",
+            "null",
+        ],
+    ));
+    assert_reaches_vmm(&with_kernel(
+        &s,
+        &["--memory", "size=16M", "--serial", "off"],
+    ));
+}

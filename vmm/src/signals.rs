@@ -1,0 +1,59 @@
+//! Signals: SIGTERM/SIGINT/SIGHUP stop the VM through the exit notifier, and a real-time signal
+//! kicks vCPU threads out of KVM_RUN at shutdown.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::thread::JoinHandle;
+
+use devices::exit::ExitNotifier;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::Error;
+
+/// The exit eventfd the termination handler writes to (-1 until installed).
+static EXIT_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
+/// The termination signal received, 0 if none.
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_terminate(num: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    RECEIVED.store(num, Ordering::SeqCst);
+    let fd = EXIT_EVENT_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; `one` outlives the call; the fd is the exit
+        // eventfd, kept open for the life of the process by the leaked clone below.
+        unsafe { libc::write(fd, &one as *const u64 as *const libc::c_void, 8) };
+    }
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the handlers; a termination signal then stops the VM like a failure would.
+pub fn install(exit: &ExitNotifier) -> Result<(), Error> {
+    let fd = exit.event().try_clone().map_err(Error::EventFd)?;
+    EXIT_EVENT_FD.store(std::os::fd::AsRawFd::as_raw_fd(&fd), Ordering::SeqCst);
+    // The handler may run at any time until exit, so its descriptor is never closed.
+    std::mem::forget(fd);
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        register_signal_handler(sig, on_terminate)
+            .map_err(|e| Error::EventLoop(format!("cannot handle signal {sig}: {e}")))?;
+    }
+    register_signal_handler(SIGRTMIN(), on_kick)
+        .map_err(|e| Error::EventLoop(format!("cannot install the vCPU kick handler: {e}")))?;
+    Ok(())
+}
+
+/// The name of the termination signal that was received, if any.
+pub fn received() -> Option<&'static str> {
+    match RECEIVED.load(Ordering::SeqCst) {
+        0 => None,
+        libc::SIGTERM => Some("SIGTERM"),
+        libc::SIGINT => Some("SIGINT"),
+        libc::SIGHUP => Some("SIGHUP"),
+        _ => Some("unknown"),
+    }
+}
+
+/// Interrupts the vCPU thread's KVM_RUN (it returns EINTR and the thread checks its stop flag).
+pub fn kick(handle: &JoinHandle<()>) {
+    let _ = handle.kill(SIGRTMIN());
+}
