@@ -50,6 +50,11 @@ pub const CMDLINE_START: u64 = 0x20000;
 /// Largest kernel command line accepted, including the terminating NUL.
 pub const CMDLINE_MAX_SIZE: usize = 0x10000;
 
+/// The x86 reset vector (F000:FFF0). Firmware lives here on real hardware; viaduct puts a stub
+/// there that asks the platform to reset, because Linux jumps here to reboot when it finds no
+/// other way (hardware-reduced ACPI without EFI makes it choose the "EFI, then BIOS" method).
+pub const RESET_VECTOR: u64 = 0xF_FFF0;
+
 /// Root System Description Pointer, in the EBDA where an OS looks for it; the other ACPI tables
 /// follow it.
 pub const RSDP_START: u64 = EBDA_START;

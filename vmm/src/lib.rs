@@ -209,14 +209,14 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     stop_vcpus(&stop, threads);
     loop_result?;
 
+    if let Some(name) = signals::received() {
+        return Err(Error::Signal(name));
+    }
     match exit.reason() {
         Some(ExitReason::PowerOff) => Ok(Outcome::PowerOff),
         Some(ExitReason::Reboot) => Ok(Outcome::Reboot),
         Some(ExitReason::GuestPanic) => Err(Error::GuestPanic),
-        Some(ExitReason::Failure(what)) => match signals::received() {
-            Some(name) => Err(Error::Signal(name)),
-            None => Err(Error::VmFailure(what)),
-        },
+        Some(ExitReason::Failure(what)) => Err(Error::VmFailure(what)),
         None => Err(Error::VmFailure("the VM stopped without a reason".into())),
     }
 }

@@ -33,6 +33,18 @@ pub enum KernelImage {
     },
 }
 
+impl std::fmt::Display for KernelImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KernelImage::Pvh { entry } => write!(f, "ELF vmlinux, PVH entry {:#x}", entry.0),
+            KernelImage::Elf64 { entry } => write!(f, "ELF vmlinux, 64-bit entry {:#x}", entry.0),
+            KernelImage::BzImage { header } => {
+                write!(f, "bzImage, boot protocol {:#x}", { header.version })
+            }
+        }
+    }
+}
+
 /// A kernel in guest memory.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadedKernel {

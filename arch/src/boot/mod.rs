@@ -3,6 +3,7 @@
 
 mod kernel;
 mod pvh;
+mod reset_vector;
 mod zero_page;
 
 pub use kernel::{load_initramfs, load_kernel, InitramfsPlacement, KernelImage, LoadedKernel};
@@ -137,6 +138,7 @@ pub fn configure_boot<M: GuestMemoryBackend>(
             detail: e.to_string(),
         })?;
     let cmdline_len = cfg.cmdline.len() as u32 + 1;
+    reset_vector::write_reset_vector(mem)?;
     match cfg.kernel.image {
         KernelImage::Pvh { entry } => {
             pvh::write_start_info(mem, cfg)?;
