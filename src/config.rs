@@ -181,6 +181,7 @@ pub fn build(cli: &Cli) -> Result<VmConfig, ConfigError> {
         memory_bytes: parse_memory(&cli.memory)?,
         serial: parse_serial(&cli.serial)?,
         console: parse_console(&cli.console)?,
+        pci: vmm::config::PciConfig::default(),
     })
 }
 

@@ -1,1 +1,16 @@
-//! placeholder
+//! The guest-visible PCI topology of viaduct: PCI segments (one root bus each), configuration
+//! space with its standard semantics (read-only bits, BAR sizing, capability lists, MSI and
+//! MSI-X), the host bridge, config access through ECAM and the legacy 0xCF8/0xCFC ports, and the
+//! placement of BARs inside each segment's share of the MMIO apertures.
+//!
+//! Pure logic only: no KVM, no VFIO, no host devices. The VMM maps the access paths onto its
+//! buses; passthrough and virtio devices implement [`device::PciDevice`].
+
+pub mod allocator;
+pub mod aperture;
+pub mod config_space;
+pub mod device;
+pub mod host_bridge;
+pub mod msi;
+pub mod msix;
+pub mod segment;

@@ -43,7 +43,49 @@ pub struct VmConfig {
     pub serial: SerialMode,
     /// virtio console wiring.
     pub console: ConsoleMode,
+    /// PCI segments and how the MMIO apertures are divided among them.
+    pub pci: PciConfig,
 }
+
+/// One PCI segment's share of the 32-bit and 64-bit MMIO apertures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PciSegmentConfig {
+    /// Weight of this segment in the split of the 32-bit MMIO aperture (> 0).
+    pub mmio32_aperture_weight: u32,
+    /// Weight of this segment in the split of the 64-bit MMIO aperture (> 0).
+    pub mmio64_aperture_weight: u32,
+}
+
+impl Default for PciSegmentConfig {
+    fn default() -> Self {
+        Self {
+            mmio32_aperture_weight: DEFAULT_APERTURE_WEIGHT,
+            mmio64_aperture_weight: DEFAULT_APERTURE_WEIGHT,
+        }
+    }
+}
+
+/// The PCI topology: one root bus per segment, segment `i` at index `i`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PciConfig {
+    /// Per-segment settings; `segments.len()` is `num_pci_segments` (1..=`MAX_PCI_SEGMENTS`).
+    pub segments: Vec<PciSegmentConfig>,
+}
+
+impl Default for PciConfig {
+    fn default() -> Self {
+        Self {
+            segments: vec![PciSegmentConfig::default()],
+        }
+    }
+}
+
+/// Aperture weight of a segment that no `--pci-segment` mentions.
+pub const DEFAULT_APERTURE_WEIGHT: u32 = 1;
+
+/// Most PCI segments a VM may have (`--platform num_pci_segments`), as in cloud-hypervisor: each
+/// takes a 1 MiB ECAM window (bus 0) of the 256 MiB ECAM area and a share of the apertures.
+pub const MAX_PCI_SEGMENTS: u16 = 96;
 
 /// Largest number of boot vCPUs: xAPIC IDs are 8 bits and 0xff is the broadcast ID.
 pub const MAX_VCPUS: u8 = 254;
