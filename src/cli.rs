@@ -17,6 +17,8 @@ pub const DEFAULT_MEMORY: &str = "size=512M";
 pub const DEFAULT_SERIAL: &str = "null";
 /// Default `--console` value.
 pub const DEFAULT_CONSOLE: &str = "off";
+/// Default `--platform` value.
+pub const DEFAULT_PLATFORM: &str = "num_pci_segments=1";
 
 /// viaduct: a minimal KVM virtual machine monitor for PCI device passthrough (VFIO).
 ///
@@ -61,6 +63,36 @@ pub struct Cli {
     #[arg(long, value_name = "off|null", default_value = DEFAULT_CONSOLE)]
     pub console: String,
 
+    /// Platform: `num_pci_segments=N`, the number of PCI segments (PCI domains, each a root bus
+    /// with its own ECAM window), with N from 1 to 96.
+    ///
+    /// Segments are numbered from 0; `--pci-segment` divides the MMIO apertures among them. The
+    /// other cloud-hypervisor `--platform` keys (iommu_segments, iommufd, vfio_p2p_dma, SMBIOS
+    /// strings, ...) are not supported.
+    #[arg(long, value_name = "num_pci_segments=N", default_value = DEFAULT_PLATFORM)]
+    pub platform: String,
+
+    /// How a PCI segment shares the MMIO apertures, one value per segment:
+    /// `pci_segment=K,mmio32_aperture_weight=W,mmio64_aperture_weight=W`. Takes several values
+    /// and may be repeated. Default: every segment has weights 1.
+    ///
+    /// The 640 MiB 32-bit MMIO aperture below 4 GiB and the 64-bit MMIO aperture above guest RAM
+    /// are each divided among the PCI segments in proportion to their weights, so giving a
+    /// segment a larger weight gives its devices more room for BARs; this matters when many
+    /// devices with large 32-bit BARs (GPUs, for instance) sit on one segment. K is a segment
+    /// number below `--platform num_pci_segments` (default 0); each weight is a whole number from
+    /// 1 to 4294967295 (default 1). Each segment may be configured once; segments not mentioned
+    /// keep weights 1. Example: `--platform num_pci_segments=2 --pci-segment
+    /// pci_segment=0,mmio32_aperture_weight=2 pci_segment=1` gives segment 0 two thirds of the
+    /// 32-bit aperture.
+    #[arg(
+        long = "pci-segment",
+        value_name = "pci_segment=K,mmio32_aperture_weight=W,mmio64_aperture_weight=W",
+        num_args = 1..,
+        action = ArgAction::Append
+    )]
+    pub pci_segments: Vec<String>,
+
     /// Log more: none = warnings and errors, -v = info, -vv = debug, -vvv = trace. RUST_LOG, when
     /// set, overrides this (e.g. RUST_LOG=vmm=trace).
     #[arg(short, long, action = ArgAction::Count)]
@@ -84,6 +116,8 @@ mod tests {
         assert_eq!(cli.memory, DEFAULT_MEMORY);
         assert_eq!(cli.serial, DEFAULT_SERIAL);
         assert_eq!(cli.console, DEFAULT_CONSOLE);
+        assert_eq!(cli.platform, DEFAULT_PLATFORM);
+        assert!(cli.pci_segments.is_empty());
         assert_eq!(cli.cmdline, None);
         assert_eq!(cli.verbose, 0);
     }
@@ -94,5 +128,34 @@ mod tests {
             Cli::try_parse_from(["viaduct", "-vv", "-v", "--cmdline", "-- init=/bin/sh"]).unwrap();
         assert_eq!(cli.verbose, 3);
         assert_eq!(cli.cmdline.as_deref(), Some("-- init=/bin/sh"));
+    }
+
+    #[test]
+    fn pci_segment_takes_several_values_and_repeats() {
+        let cli = Cli::try_parse_from([
+            "viaduct",
+            "--pci-segment",
+            "pci_segment=0",
+            "pci_segment=1",
+            "--kernel",
+            "k",
+            "--pci-segment",
+            "pci_segment=2",
+            "--platform",
+            "num_pci_segments=3",
+            "--pci-segment=pci_segment=3",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.pci_segments,
+            [
+                "pci_segment=0",
+                "pci_segment=1",
+                "pci_segment=2",
+                "pci_segment=3"
+            ]
+        );
+        assert_eq!(cli.kernel.as_deref(), Some(std::path::Path::new("k")));
+        assert_eq!(cli.platform, "num_pci_segments=3");
     }
 }

@@ -9,7 +9,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use vmm::config::{ConsoleMode, SerialMode, VmConfig, MAX_VCPUS, MIN_MEMORY_BYTES};
+use vmm::config::{
+    ConsoleMode, PciConfig, PciSegmentConfig, SerialMode, VmConfig, DEFAULT_APERTURE_WEIGHT,
+    MAX_PCI_SEGMENTS, MAX_VCPUS, MIN_MEMORY_BYTES,
+};
 
 use crate::cli::Cli;
 use crate::options::{format_size, OptionError, OptionSpec};
@@ -49,10 +52,43 @@ const MEMORY: OptionSpec = OptionSpec::new(&["size"])
     ])
     .default_key("size");
 
+/// `--platform` keys.
+const PLATFORM: OptionSpec = OptionSpec::new(&["num_pci_segments"]).unsupported(&[
+    "iommu_segments",
+    "iommu_address_width",
+    "iommufd",
+    "iommufd_fd",
+    "vfio_p2p_dma",
+    "serial_number",
+    "uuid",
+    "oem_strings",
+    "system_manufacturer",
+    "system_product_name",
+    "system_version",
+    "system_serial_number",
+    "system_uuid",
+    "system_sku_number",
+    "system_family",
+    "chassis_asset_tag",
+    "tdx",
+    "sev_snp",
+]);
+
+/// `--pci-segment` keys (all of cloud-hypervisor's).
+const PCI_SEGMENT: OptionSpec = OptionSpec::new(&[
+    "pci_segment",
+    "mmio32_aperture_weight",
+    "mmio64_aperture_weight",
+]);
+
 /// Default number of boot vCPUs when `--cpus` has no `boot` key.
 const DEFAULT_BOOT_VCPUS: u8 = 1;
 /// Default guest RAM when `--memory` has no `size` key.
 const DEFAULT_MEMORY_BYTES: u64 = 512 << 20;
+/// Default number of PCI segments when `--platform` has no `num_pci_segments` key.
+const DEFAULT_NUM_PCI_SEGMENTS: u16 = 1;
+/// Segment a `--pci-segment` value configures when it has no `pci_segment` key.
+const DEFAULT_PCI_SEGMENT: u64 = 0;
 
 /// Why the command line does not describe a VM viaduct can run.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +179,58 @@ pub enum InvalidValue {
          console on the terminal"
     )]
     ConsoleNotImplemented,
+    /// `num_pci_segments=N` with N outside 1..=MAX_PCI_SEGMENTS.
+    #[error("the number of PCI segments must be between 1 and {MAX_PCI_SEGMENTS}, not {0}")]
+    PciSegmentCount(u64),
+    /// An aperture weight of 0.
+    #[error("{0} must be at least 1 (weights are relative shares of the aperture)")]
+    ZeroApertureWeight(&'static str),
+    /// `pci_segment=K` with K not below `num_pci_segments`.
+    #[error("{}", pci_segment_out_of_range(*.segment, *.count))]
+    PciSegmentOutOfRange {
+        /// The segment the value names.
+        segment: u64,
+        /// `--platform num_pci_segments`.
+        count: u16,
+    },
+    /// Two `--pci-segment` values for the same segment.
+    #[error(
+        "PCI segment {segment} is already configured by --pci-segment {first}{implicit}; give \
+         each segment once",
+        implicit = if *.implicit { IMPLICIT_SEGMENT_NOTE } else { "" }
+    )]
+    DuplicatePciSegment {
+        /// The segment configured twice.
+        segment: u64,
+        /// Whether either value leaves `pci_segment` out (and so means segment 0).
+        implicit: bool,
+        /// The earlier value for the same segment, made printable.
+        first: String,
+    },
+}
+
+/// Added to [`InvalidValue::DuplicatePciSegment`] when a value relies on the default segment.
+const IMPLICIT_SEGMENT_NOTE: &str = " (a value without pci_segment= configures segment 0)";
+
+/// The message for [`InvalidValue::PciSegmentOutOfRange`].
+fn pci_segment_out_of_range(segment: u64, count: u16) -> String {
+    let existing = if count == 1 {
+        "the VM has 1 PCI segment (0)".to_string()
+    } else {
+        format!("the VM has {count} PCI segments (0 to {})", count - 1)
+    };
+    let fix = if segment < u64::from(MAX_PCI_SEGMENTS) {
+        format!(
+            "add --platform num_pci_segments={} to create it",
+            segment + 1
+        )
+    } else {
+        format!(
+            "viaduct supports at most {MAX_PCI_SEGMENTS} segments (0 to {})",
+            MAX_PCI_SEGMENTS - 1
+        )
+    };
+    format!("PCI segment {segment} does not exist: {existing}; {fix}")
 }
 
 /// Makes `value` safe to show inside a one-line message: control characters are escaped and
@@ -181,7 +269,7 @@ pub fn build(cli: &Cli) -> Result<VmConfig, ConfigError> {
         memory_bytes: parse_memory(&cli.memory)?,
         serial: parse_serial(&cli.serial)?,
         console: parse_console(&cli.console)?,
-        pci: vmm::config::PciConfig::default(),
+        pci: parse_pci(&cli.platform, &cli.pci_segments)?,
     })
 }
 
@@ -309,6 +397,91 @@ pub fn parse_console(value: &str) -> Result<ConsoleMode, ConfigError> {
     }
 }
 
+/// Parses `--platform num_pci_segments=N` into the number of PCI segments.
+pub fn parse_platform(value: &str) -> Result<u16, ConfigError> {
+    let invalid = |reason: InvalidValue| ConfigError::invalid("--platform", value, reason);
+    let options = PLATFORM.parse(value).map_err(|e| invalid(e.into()))?;
+    let Some(count) = options
+        .get_int::<u64>("num_pci_segments")
+        .map_err(|e| invalid(e.into()))?
+    else {
+        return Ok(DEFAULT_NUM_PCI_SEGMENTS);
+    };
+    match u16::try_from(count) {
+        Ok(n) if (1..=MAX_PCI_SEGMENTS).contains(&n) => Ok(n),
+        _ => Err(invalid(InvalidValue::PciSegmentCount(count))),
+    }
+}
+
+/// One `--pci-segment` value: the segment it names and its weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PciSegmentValue {
+    /// `pci_segment` (0 when omitted); not yet checked against `num_pci_segments`.
+    pub segment: u64,
+    /// Whether `pci_segment` was given explicitly.
+    pub explicit: bool,
+    /// The weights (1 when omitted, never 0).
+    pub config: PciSegmentConfig,
+}
+
+/// Parses one `--pci-segment` value on its own (keys, numbers, non-zero weights). Whether the
+/// segment exists is checked by [`parse_pci`], which knows `num_pci_segments`.
+pub fn parse_pci_segment(value: &str) -> Result<PciSegmentValue, ConfigError> {
+    let invalid = |reason: InvalidValue| ConfigError::invalid("--pci-segment", value, reason);
+    let options = PCI_SEGMENT.parse(value).map_err(|e| invalid(e.into()))?;
+    let segment = options
+        .get_int::<u64>("pci_segment")
+        .map_err(|e| invalid(e.into()))?;
+    let weight = |key: &'static str| -> Result<u32, ConfigError> {
+        match options.get_int::<u32>(key).map_err(|e| invalid(e.into()))? {
+            None => Ok(DEFAULT_APERTURE_WEIGHT),
+            Some(0) => Err(invalid(InvalidValue::ZeroApertureWeight(key))),
+            Some(w) => Ok(w),
+        }
+    };
+    Ok(PciSegmentValue {
+        segment: segment.unwrap_or(DEFAULT_PCI_SEGMENT),
+        explicit: segment.is_some(),
+        config: PciSegmentConfig {
+            mmio32_aperture_weight: weight("mmio32_aperture_weight")?,
+            mmio64_aperture_weight: weight("mmio64_aperture_weight")?,
+        },
+    })
+}
+
+/// Builds the PCI topology from `--platform` and every `--pci-segment` value (in command-line
+/// order, whichever flag came first): one entry per segment, weights 1 unless a `--pci-segment`
+/// sets them; each segment may be configured once and must exist.
+pub fn parse_pci(platform: &str, pci_segments: &[String]) -> Result<PciConfig, ConfigError> {
+    let count = parse_platform(platform)?;
+    let mut segments = vec![PciSegmentConfig::default(); usize::from(count)];
+    // The value that configured each segment so far, and whether it named the segment.
+    let mut seen: Vec<Option<(&str, bool)>> = vec![None; usize::from(count)];
+    for value in pci_segments {
+        let invalid = |reason: InvalidValue| ConfigError::invalid("--pci-segment", value, reason);
+        let parsed = parse_pci_segment(value)?;
+        let index = usize::try_from(parsed.segment)
+            .ok()
+            .filter(|&i| i < segments.len())
+            .ok_or_else(|| {
+                invalid(InvalidValue::PciSegmentOutOfRange {
+                    segment: parsed.segment,
+                    count,
+                })
+            })?;
+        if let Some((first, first_explicit)) = seen[index] {
+            return Err(invalid(InvalidValue::DuplicatePciSegment {
+                segment: parsed.segment,
+                implicit: !(parsed.explicit && first_explicit),
+                first: printable(first),
+            }));
+        }
+        seen[index] = Some((value, parsed.explicit));
+        segments[index] = parsed.config;
+    }
+    Ok(PciConfig { segments })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,6 +601,248 @@ mod tests {
         assert!(chain(&e).starts_with("--kernel /nonexistent/vmlinux: cannot access the file: "));
         let e = chain(&check_readable_file("--initramfs", Path::new("/")).unwrap_err());
         assert_eq!(e, "--initramfs /: not a regular file (it is a directory)");
+    }
+
+    /// `parse_pci` over string literals.
+    fn pci(platform: &str, segments: &[&str]) -> Result<PciConfig, ConfigError> {
+        let segments: Vec<String> = segments.iter().map(|s| s.to_string()).collect();
+        parse_pci(platform, &segments)
+    }
+
+    fn weights(mmio32: u32, mmio64: u32) -> PciSegmentConfig {
+        PciSegmentConfig {
+            mmio32_aperture_weight: mmio32,
+            mmio64_aperture_weight: mmio64,
+        }
+    }
+
+    #[test]
+    fn pci_defaults() {
+        assert_eq!(
+            pci(crate::cli::DEFAULT_PLATFORM, &[]).unwrap(),
+            PciConfig::default()
+        );
+        assert_eq!(pci("", &[]).unwrap().segments, [weights(1, 1)]);
+        assert_eq!(
+            pci("num_pci_segments=3", &[]).unwrap().segments,
+            [weights(1, 1); 3]
+        );
+        assert_eq!(
+            pci("num_pci_segments=96", &[]).unwrap().segments.len(),
+            usize::from(MAX_PCI_SEGMENTS)
+        );
+        // pci_segment defaults to 0 and the weights to 1.
+        assert_eq!(pci("", &[""]).unwrap().segments, [weights(1, 1)]);
+        assert_eq!(
+            pci("", &["mmio64_aperture_weight=7"]).unwrap().segments,
+            [weights(1, 7)]
+        );
+    }
+
+    #[test]
+    fn pci_two_segments_two_to_one() {
+        let config = pci(
+            "num_pci_segments=2",
+            &[
+                "pci_segment=0,mmio32_aperture_weight=2,mmio64_aperture_weight=2",
+                "pci_segment=1,mmio32_aperture_weight=1,mmio64_aperture_weight=1",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            config,
+            PciConfig {
+                segments: vec![weights(2, 2), weights(1, 1)]
+            }
+        );
+    }
+
+    #[test]
+    fn pci_values_from_several_and_repeated_flags() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "viaduct",
+            "--pci-segment",
+            "pci_segment=3,mmio32_aperture_weight=4",
+            "pci_segment=1,mmio64_aperture_weight=5",
+            "--kernel",
+            "k",
+            "--pci-segment",
+            "mmio32_aperture_weight=2",
+            "--platform",
+            "num_pci_segments=4",
+            "--pci-segment",
+            "pci_segment=2,mmio32_aperture_weight=4294967295",
+            "pci_segment=\"2\"x",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        // The last value is bad on purpose: every value is checked, wherever it came from.
+        let e = chain(&parse_pci(&cli.platform, &cli.pci_segments).unwrap_err());
+        assert!(e.starts_with("--pci-segment pci_segment=\"2\"x: "), "{e}");
+        let good = &cli.pci_segments[..cli.pci_segments.len() - 1];
+        assert_eq!(
+            parse_pci(&cli.platform, good).unwrap().segments,
+            [
+                weights(2, 1),
+                weights(1, 5),
+                weights(u32::MAX, 1),
+                weights(4, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn platform_errors() {
+        for (bad, want) in [
+            (
+                "num_pci_segments=0",
+                "--platform num_pci_segments=0: the number of PCI segments must be between 1 and \
+                 96, not 0",
+            ),
+            (
+                "num_pci_segments=97",
+                "--platform num_pci_segments=97: the number of PCI segments must be between 1 and \
+                 96, not 97",
+            ),
+            (
+                "num_pci_segments=99999999999999999999",
+                "--platform num_pci_segments=99999999999999999999: num_pci_segments: \
+                 \"99999999999999999999\" is not a valid integer",
+            ),
+            (
+                "num_pci_segments=abc",
+                "--platform num_pci_segments=abc: num_pci_segments: \"abc\" is not a valid integer",
+            ),
+            (
+                "foo=1",
+                "--platform foo=1: unknown key \"foo\" (supported keys: num_pci_segments)",
+            ),
+            (
+                "num_pci_segments=2,num_pci_segments=3",
+                "--platform num_pci_segments=2,num_pci_segments=3: key \"num_pci_segments\" is \
+                 given more than once",
+            ),
+            ("2", "--platform 2: \"2\" is not of the form key=value"),
+        ] {
+            let e = chain(&pci(bad, &[]).unwrap_err());
+            assert!(e.starts_with(want), "{e}");
+        }
+        for key in [
+            "iommu_segments=[0]",
+            "iommu_address_width=48",
+            "iommufd=on",
+            "iommufd_fd=3",
+            "vfio_p2p_dma=off",
+            "serial_number=x",
+            "uuid=x",
+            "oem_strings=[a]",
+            "system_manufacturer=x",
+            "chassis_asset_tag=x",
+        ] {
+            let value = format!("num_pci_segments=2,{key}");
+            let e = chain(&pci(&value, &[]).unwrap_err());
+            assert!(e.starts_with(&format!("--platform {value}: key \"")), "{e}");
+            assert!(
+                e.ends_with(
+                    "is a cloud-hypervisor option that viaduct does not support (supported keys: \
+                     num_pci_segments)"
+                ),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn pci_segment_errors() {
+        for (platform, values, want) in [
+            (
+                "",
+                &["pci_segment=0,mmio32_aperture_weight=0"][..],
+                "--pci-segment pci_segment=0,mmio32_aperture_weight=0: mmio32_aperture_weight \
+                 must be at least 1 (weights are relative shares of the aperture)",
+            ),
+            (
+                "",
+                &["mmio64_aperture_weight=0"],
+                "--pci-segment mmio64_aperture_weight=0: mmio64_aperture_weight must be at least 1",
+            ),
+            (
+                "",
+                &["mmio64_aperture_weight=x"],
+                "--pci-segment mmio64_aperture_weight=x: mmio64_aperture_weight: \"x\" is not a \
+                 valid integer",
+            ),
+            (
+                "",
+                &["mmio32_aperture_weight=4294967296"],
+                "--pci-segment mmio32_aperture_weight=4294967296: mmio32_aperture_weight: \
+                 \"4294967296\" is not a valid integer",
+            ),
+            (
+                "",
+                &["pci_segment=-1"],
+                "--pci-segment pci_segment=-1: pci_segment: \"-1\" is not a valid integer",
+            ),
+            (
+                "num_pci_segments=2",
+                &["pci_segment=2"],
+                "--pci-segment pci_segment=2: PCI segment 2 does not exist: the VM has 2 PCI \
+                 segments (0 to 1); add --platform num_pci_segments=3 to create it",
+            ),
+            (
+                "",
+                &["pci_segment=1"],
+                "--pci-segment pci_segment=1: PCI segment 1 does not exist: the VM has 1 PCI \
+                 segment (0); add --platform num_pci_segments=2 to create it",
+            ),
+            (
+                "num_pci_segments=96",
+                &["pci_segment=96"],
+                "--pci-segment pci_segment=96: PCI segment 96 does not exist: the VM has 96 PCI \
+                 segments (0 to 95); viaduct supports at most 96 segments (0 to 95)",
+            ),
+            (
+                "num_pci_segments=2",
+                &["pci_segment=1,mmio32_aperture_weight=2", "pci_segment=1"],
+                "--pci-segment pci_segment=1: PCI segment 1 is already configured by \
+                 --pci-segment pci_segment=1,mmio32_aperture_weight=2; give each segment once",
+            ),
+            (
+                "",
+                &["mmio32_aperture_weight=3", "pci_segment=0"],
+                "--pci-segment pci_segment=0: PCI segment 0 is already configured by \
+                 --pci-segment mmio32_aperture_weight=3 (a value without pci_segment= configures \
+                 segment 0); give each segment once",
+            ),
+            (
+                "",
+                &["pci_segment=0,bogus=1"],
+                "--pci-segment pci_segment=0,bogus=1: unknown key \"bogus\" (supported keys: \
+                 pci_segment, mmio32_aperture_weight, mmio64_aperture_weight)",
+            ),
+            (
+                "",
+                &["pci_segment=0,pci_segment=0"],
+                "--pci-segment pci_segment=0,pci_segment=0: key \"pci_segment\" is given more \
+                 than once",
+            ),
+            (
+                "",
+                &["0"],
+                "--pci-segment 0: \"0\" is not of the form key=value",
+            ),
+        ] {
+            let e = chain(&pci(platform, values).unwrap_err());
+            assert!(e.starts_with(want), "{platform:?} {values:?}:\n{e}\n{want}");
+            assert_eq!(
+                pci(platform, values).unwrap_err().flag(),
+                "--pci-segment",
+                "{e}"
+            );
+        }
+        // A bad --platform is reported before (and instead of) the --pci-segment values.
+        let e = pci("num_pci_segments=0", &["pci_segment=5"]).unwrap_err();
+        assert_eq!(e.flag(), "--platform");
     }
 
     #[test]

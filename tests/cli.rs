@@ -166,6 +166,147 @@ fn cpus_unsupported_cloud_hypervisor_key() {
 }
 
 #[test]
+fn platform_segment_count_out_of_range() {
+    let s = Scratch::new();
+    for value in ["num_pci_segments=0", "num_pci_segments=97"] {
+        let err = assert_rejected(
+            &with_kernel(&s, &["--platform", value]),
+            "--platform",
+            value,
+        );
+        assert!(err.contains("between 1 and 96"), "states the bound: {err}");
+    }
+}
+
+#[test]
+fn platform_segment_count_not_a_number() {
+    let s = Scratch::new();
+    let err = assert_rejected(
+        &with_kernel(&s, &["--platform", "num_pci_segments=abc"]),
+        "--platform",
+        "num_pci_segments=abc",
+    );
+    assert!(err.contains("not a valid integer"), "{err}");
+}
+
+#[test]
+fn platform_unknown_and_unsupported_keys() {
+    let s = Scratch::new();
+    let err = assert_rejected(
+        &with_kernel(&s, &["--platform", "foo=1"]),
+        "--platform",
+        "foo=1",
+    );
+    assert!(err.contains("unknown key \"foo\""), "{err}");
+    assert!(err.contains("supported keys: num_pci_segments"), "{err}");
+    let err = assert_rejected(
+        &with_kernel(&s, &["--platform", "num_pci_segments=2,vfio_p2p_dma=off"]),
+        "--platform",
+        "num_pci_segments=2,vfio_p2p_dma=off",
+    );
+    assert!(
+        err.contains("\"vfio_p2p_dma\" is a cloud-hypervisor option"),
+        "{err}"
+    );
+}
+
+#[test]
+fn pci_segment_zero_weight() {
+    let s = Scratch::new();
+    let err = assert_rejected(
+        &with_kernel(
+            &s,
+            &["--pci-segment", "pci_segment=0,mmio32_aperture_weight=0"],
+        ),
+        "--pci-segment",
+        "pci_segment=0,mmio32_aperture_weight=0",
+    );
+    assert!(err.contains("at least 1"), "{err}");
+}
+
+#[test]
+fn pci_segment_weight_not_a_number() {
+    let s = Scratch::new();
+    assert_rejected(
+        &with_kernel(&s, &["--pci-segment", "mmio64_aperture_weight=x"]),
+        "--pci-segment",
+        "mmio64_aperture_weight=x",
+    );
+}
+
+#[test]
+fn pci_segment_beyond_num_pci_segments() {
+    let s = Scratch::new();
+    // --pci-segment before --platform: checked after both are parsed.
+    let err = assert_rejected(
+        &with_kernel(
+            &s,
+            &[
+                "--pci-segment",
+                "pci_segment=2",
+                "--platform",
+                "num_pci_segments=2",
+            ],
+        ),
+        "--pci-segment",
+        "pci_segment=2",
+    );
+    assert!(err.contains("2 PCI segments"), "says the count: {err}");
+    assert!(
+        err.contains("--platform num_pci_segments=3"),
+        "suggests the fix: {err}"
+    );
+}
+
+#[test]
+fn pci_segment_given_twice() {
+    let s = Scratch::new();
+    let err = assert_rejected(
+        &with_kernel(
+            &s,
+            &[
+                "--platform",
+                "num_pci_segments=2",
+                "--pci-segment",
+                "pci_segment=1",
+                "--pci-segment",
+                "pci_segment=1",
+            ],
+        ),
+        "--pci-segment",
+        "pci_segment=1",
+    );
+    assert!(err.contains("already configured"), "{err}");
+    // The same through several values after one flag.
+    let err = assert_rejected(
+        &with_kernel(
+            &s,
+            &[
+                "--platform",
+                "num_pci_segments=2",
+                "--pci-segment",
+                "pci_segment=1,mmio32_aperture_weight=2",
+                "pci_segment=1",
+            ],
+        ),
+        "--pci-segment",
+        "pci_segment=1",
+    );
+    assert!(err.contains("already configured"), "{err}");
+}
+
+#[test]
+fn pci_segment_unknown_key() {
+    let s = Scratch::new();
+    let err = assert_rejected(
+        &with_kernel(&s, &["--pci-segment", "pci_segment=0,bogus=1"]),
+        "--pci-segment",
+        "pci_segment=0,bogus=1",
+    );
+    assert!(err.contains("unknown key \"bogus\""), "{err}");
+}
+
+#[test]
 fn missing_kernel_file() {
     let s = Scratch::new();
     let missing = s.path("no-such-vmlinux").display().to_string();
@@ -267,6 +408,14 @@ fn help_mentions_every_flag() {
         "--memory",
         "--serial",
         "--console",
+        "--platform",
+        "--pci-segment",
+        "num_pci_segments=N",
+        "[default: num_pci_segments=1]",
+        "1 to 96",
+        "pci_segment=K,mmio32_aperture_weight=W,mmio64_aperture_weight=W",
+        "640 MiB",
+        "in proportion to their weights",
         "-v",
         "--verbose",
         "--version",
@@ -332,6 +481,36 @@ fn valid_config_reaches_vmm() {
         ],
     ));
     assert!(Path::new(&serial_log).is_file(), "serial file created");
+}
+
+#[test]
+fn valid_pci_segments_reach_vmm() {
+    let s = Scratch::new();
+    // --pci-segment before --platform, several values after one flag, and the flag repeated.
+    assert_reaches_vmm(&with_kernel(
+        &s,
+        &[
+            "--pci-segment",
+            "pci_segment=0,mmio32_aperture_weight=2,mmio64_aperture_weight=2",
+            "pci_segment=2",
+            "--platform",
+            "num_pci_segments=4",
+            "--pci-segment",
+            "pci_segment=1,mmio32_aperture_weight=1",
+            "--pci-segment",
+            "pci_segment=3,mmio64_aperture_weight=4294967295",
+        ],
+    ));
+    assert_reaches_vmm(&with_kernel(
+        &s,
+        &[
+            "--platform",
+            "num_pci_segments=96",
+            "--pci-segment",
+            "mmio32_aperture_weight=3",
+            "pci_segment=95",
+        ],
+    ));
 }
 
 #[test]
