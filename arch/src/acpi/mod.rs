@@ -13,6 +13,9 @@ mod dsdt;
 mod fadt;
 mod madt;
 mod mcfg;
+mod pci_roots;
+
+pub use pci_roots::PciRootDescription;
 #[cfg(test)]
 mod tests;
 

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The one test command for viaduct, locally and in CI: bash resources/run-tests.sh
+#
+# On a fresh Debian 12 machine (as root) it installs what the rig needs and fetches the guest
+# kernel (resources/rig/fetch.sh), then runs, in order:
+#   cargo fmt --all -- --check
+#   cargo clippy --workspace --all-targets -- -D warnings
+#   cargo test --workspace          (unit tests, CLI tests and the nested-rig tests)
+# Every step runs even when an earlier one fails; the exit status is non-zero if any failed.
+# The rig tests need no /dev/kvm on this machine: they run under QEMU's emulation (docs/rig.md).
+set -uo pipefail
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO_DIR" || exit 1
+
+FAILED=()
+step() {
+	local name=$1 start status
+	shift
+	echo "=== $name: $*"
+	start=$SECONDS
+	"$@"
+	status=$?
+	if [[ $status -eq 0 ]]; then
+		echo "=== $name: ok ($((SECONDS - start))s)"
+	else
+		echo "=== $name: FAILED with status $status ($((SECONDS - start))s)"
+		FAILED+=("$name")
+	fi
+	return "$status"
+}
+
+ensure_rust() {
+	command -v cargo >/dev/null || {
+		echo "cargo not found: install Rust (https://rustup.rs) and run this again" >&2
+		return 1
+	}
+	if command -v rustup >/dev/null; then
+		cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt || return 1
+		cargo clippy --version >/dev/null 2>&1 || rustup component add clippy || return 1
+	fi
+}
+
+# Without the toolchain or the rig nothing below can mean anything: stop there.
+step "rust toolchain" ensure_rust || exit 1
+step "rig setup" bash resources/rig/fetch.sh || exit 1
+step "rig images" bash resources/rig/build.sh || exit 1
+
+step "fmt" cargo fmt --all -- --check
+step "clippy" cargo clippy --workspace --all-targets -- -D warnings
+step "test" cargo test --workspace
+
+if [[ ${#FAILED[@]} -gt 0 ]]; then
+	echo "=== FAILED: ${FAILED[*]}"
+	exit 1
+fi
+echo "=== all passed"
