@@ -23,8 +23,19 @@ fn guest_extra_cmdline() -> &'static str {
 /// Runs the busybox guest with `kernel` under viaduct (2 vCPUs, 512 MiB, serial on the
 /// terminal) and asks its init to do `action` once it has reported.
 fn boot_guest(test_name: &str, kernel: &str, action: &str, marker: &str) -> RigRun {
+    boot_guest_with(test_name, kernel, action, marker, "")
+}
+
+/// [`boot_guest`] with `extra` appended to the guest kernel command line.
+fn boot_guest_with(
+    test_name: &str,
+    kernel: &str,
+    action: &str,
+    marker: &str,
+    extra: &str,
+) -> RigRun {
     let cmdline = format!(
-        "console=ttyS0 viaduct_marker={marker} viaduct_action={action}{}",
+        "console=ttyS0 viaduct_marker={marker} viaduct_action={action}{}{extra}",
         guest_extra_cmdline()
     );
     let scenario = viaduct_command(&format!(
@@ -139,5 +150,45 @@ fn guest_reboot_exits_zero_and_says_so() {
             .iter()
             .any(|line| line.to_ascii_lowercase().contains("reboot")),
         "viaduct's stderr does not mention the reboot\n{context}"
+    );
+}
+
+#[test]
+fn guest_triple_fault_exits_nonzero_with_vcpu_state() {
+    // `reboot=t` makes Linux reboot by loading an empty IDT and raising an exception: a triple
+    // fault, which the platform did not ask for and viaduct reports as a failure.
+    let marker = marker_token();
+    let run = boot_guest_with(
+        "guest_triple_fault_exits_nonzero_with_vcpu_state",
+        "/guest/bzImage",
+        "reboot",
+        &marker,
+        " reboot=t",
+    );
+    let context = run.context();
+    assert_eq!(
+        run.guest_marker(),
+        Some(marker.as_str()),
+        "guest marker\n{context}"
+    );
+    let status = run
+        .viaduct_exit()
+        .unwrap_or_else(|| panic!("no VIADUCT-EXIT line\n{context}"));
+    assert_ne!(
+        status, 0,
+        "viaduct exited 0 after a triple fault\n{context}"
+    );
+    assert_ne!(
+        status, VIADUCT_TIMED_OUT,
+        "viaduct did not notice the triple fault and was killed by the timeout\n{context}"
+    );
+    let stderr = run.viaduct_stderr().join("\n");
+    assert!(
+        stderr.contains("triple fault"),
+        "viaduct's stderr does not name the triple fault\n{context}"
+    );
+    assert!(
+        stderr.contains("rip=") && stderr.contains("cr3="),
+        "viaduct's stderr does not show the vCPU state\n{context}"
     );
 }
