@@ -92,6 +92,24 @@ pub fn patch_cpuid(entries: &mut [kvm_cpuid_entry2], topo: VcpuTopology) {
     }
 }
 
+/// The host's physical address width as KVM reports it (leaf 0x8000_0008 EAX[7:0]); 0 when
+/// the leaf is missing.
+pub fn reported_phys_bits(entries: &[kvm_cpuid_entry2]) -> u8 {
+    entries
+        .iter()
+        .find(|e| e.function == 0x8000_0008)
+        .map_or(0, |e| (e.eax & 0xff) as u8)
+}
+
+/// Tells the guest its physical address width is `phys_bits` (leaf 0x8000_0008 EAX[7:0]), the
+/// width the MMIO apertures were sized for; the guest-physical width field (EAX[23:16]) is
+/// cleared so it defaults to the same value.
+pub fn set_phys_bits(entries: &mut [kvm_cpuid_entry2], phys_bits: u8) {
+    for e in entries.iter_mut().filter(|e| e.function == 0x8000_0008) {
+        e.eax = (e.eax & !0x00ff_00ff) | u32::from(phys_bits);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +203,15 @@ mod tests {
         assert_eq!(find(&e, 4, 3).eax >> 26, 2);
         assert_eq!(find(&e, 0x8000_0008, 0).ecx & 0xf0ff, 0x2002);
         assert_eq!(find(&e, 0x8000_001e, 0).eax, 2);
+    }
+
+    #[test]
+    fn phys_bits_are_read_and_overridden() {
+        let mut e = sample();
+        e[5].eax = 0x0030_3028; // 40 bits, guest width 48
+        assert_eq!(reported_phys_bits(&e), 0x28);
+        set_phys_bits(&mut e, 39);
+        assert_eq!(find(&e, 0x8000_0008, 0).eax, 0x0000_3027);
+        assert_eq!(reported_phys_bits(&[]), 0);
     }
 }

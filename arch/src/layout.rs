@@ -109,3 +109,225 @@ pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
 
 /// pvpanic device I/O port: the guest kernel writes here when it panics.
 pub const PVPANIC_PORT: u16 = 0x505;
+
+/// Fewest guest physical address bits viaduct uses: 36 is what every x86-64 CPU supports (and
+/// the architectural value when CPUID leaf 0x8000_0008 is missing).
+pub const GUEST_PHYS_BITS_MIN: u8 = 36;
+/// Most guest physical address bits viaduct uses (cloud-hypervisor's default `max_phys_bits`):
+/// 64 TiB, the reach of a 4-level-paging guest's direct map, and far more than any set of BARs.
+pub const GUEST_PHYS_BITS_MAX: u8 = 46;
+
+/// The guest physical address width for a host that reports `host_phys_bits` in CPUID
+/// 0x8000_0008 EAX[7:0]: the host's width (the guest must never be told more than the host's
+/// page tables can map) capped at [`GUEST_PHYS_BITS_MAX`], and [`GUEST_PHYS_BITS_MIN`] when the
+/// host reports less (0 means the leaf is missing). The guest's own CPUID 0x8000_0008 must
+/// report this value, or it cannot reach the 64-bit PCI aperture.
+pub const fn guest_phys_bits(host_phys_bits: u8) -> u8 {
+    if host_phys_bits < GUEST_PHYS_BITS_MIN {
+        GUEST_PHYS_BITS_MIN
+    } else if host_phys_bits > GUEST_PHYS_BITS_MAX {
+        GUEST_PHYS_BITS_MAX
+    } else {
+        host_phys_bits
+    }
+}
+
+/// Alignment of the segment windows in the 32-bit PCI aperture (`split_aperture` unit):
+/// cloud-hypervisor's 4 KiB, so `mmio32_aperture_weight` gives the same windows there.
+pub const MEM_32BIT_DEVICES_SPLIT_ALIGNMENT: u64 = 4 << 10;
+
+/// Alignment of the 64-bit PCI aperture's start and of its segment windows: 4 GiB. With the
+/// start aligned too, every segment's 64-bit window starts on a 4 GiB boundary, so a BAR of up
+/// to 4 GiB fits at the very start of any window; larger BARs are aligned by the BAR allocator.
+/// The cost is under 4 GiB of guest physical space above RAM.
+pub const MEM_64BIT_DEVICES_ALIGNMENT: u64 = 4 << 30;
+
+/// The 64-bit PCI MMIO aperture as `(start, inclusive end)`, split among PCI segments by
+/// `mmio64_aperture_weight`.
+///
+/// - `ram_end` is the first address above guest RAM (`memory::ram_end`); `phys_bits` the guest
+///   physical address width ([`guest_phys_bits`]).
+/// - Start: the end of RAM rounded up to [`MEM_64BIT_DEVICES_ALIGNMENT`], and never below 4 GiB
+///   (everything under 4 GiB is RAM or the 32-bit hole). There is no memory-hotplug area to
+///   leave room for.
+/// - End: the top of the guest physical space, `(1 << phys_bits) - 1`. Unlike cloud-hypervisor
+///   (which keeps 1 MiB + 64 KiB at the top for its GED and hotplug controllers), viaduct has no
+///   platform MMIO up there; future platform devices belong in the 32-bit hole.
+///
+/// `None` when no aperture is left: RAM reaches (or passes) the top of the physical space
+/// (e.g. 62 GiB of RAM with 36 bits), or `phys_bits` is outside 1..=52 (52 is the x86-64
+/// architectural maximum). The caller reports it as a configuration error.
+pub const fn mem64_aperture(ram_end: u64, phys_bits: u8) -> Option<(u64, u64)> {
+    if phys_bits == 0 || phys_bits > 52 {
+        return None;
+    }
+    let top = (1u64 << phys_bits) - 1;
+    let rounded = match ram_end.checked_add(MEM_64BIT_DEVICES_ALIGNMENT - 1) {
+        Some(sum) => sum & !(MEM_64BIT_DEVICES_ALIGNMENT - 1),
+        None => return None,
+    };
+    let start = if rounded < FIRST_ADDR_PAST_32BITS {
+        FIRST_ADDR_PAST_32BITS
+    } else {
+        rounded
+    };
+    if start > top {
+        return None;
+    }
+    Some((start, top))
+}
+
+/// Alignment for splitting a 64-bit aperture of `aperture_size` bytes among segments whose
+/// weights add up to `total_weight`: [`MEM_64BIT_DEVICES_ALIGNMENT`] when every unit of weight
+/// still gets 4 GiB, otherwise the largest power of two that does (at least 4 KiB). Only small
+/// physical address widths with many segments need less than 4 GiB (36 bits leaves ~60 GiB).
+pub const fn mem64_split_alignment(aperture_size: u64, total_weight: u64) -> u64 {
+    let mut alignment = MEM_64BIT_DEVICES_ALIGNMENT;
+    while alignment > 4 << 10 {
+        match alignment.checked_mul(total_weight) {
+            Some(needed) if needed <= aperture_size => break,
+            _ => alignment >>= 1,
+        }
+    }
+    alignment
+}
+
+/// The legacy PCI configuration mechanism #1 ports `0xCF8..=0xCFF` (CONFIG_ADDRESS, CONFIG_DATA).
+pub const PCI_CONFIG_IO_PORT: u16 = 0xCF8;
+/// Number of PCI configuration mechanism #1 ports.
+pub const PCI_CONFIG_IO_PORT_COUNT: u16 = 8;
+
+/// First I/O port available to PCI I/O BARs. Everything below 0x1000 is left to the legacy
+/// devices (i8042 0x60, COM1 0x3f8, pvpanic 0x505, ACPI PM 0x600) and the PCI config ports
+/// 0xCF8..=0xCFF, so no BAR can ever collide with them.
+pub const PCI_IO_PORT_START: u16 = 0x1000;
+/// Size of the PCI I/O port window: `PCI_IO_PORT_START` up to 0xFFFF (60 KiB). It is split
+/// equally among the segments (I/O BARs are tiny and rare, so there is no weight option).
+pub const PCI_IO_PORT_SIZE: u16 = 0xF000;
+/// Alignment of the segment windows in the PCI I/O port window: 256 ports, the largest I/O BAR
+/// the PCI specification allows, so any I/O BAR fits at any window's start. 96 segments still
+/// get 512 ports each.
+pub const PCI_IO_PORT_SPLIT_ALIGNMENT: u64 = 0x100;
+
+/// Size of one segment's ECAM window: 1 MiB, i.e. bus 0 only (32 devices × 8 functions × 4 KiB).
+pub const PCI_MMCONFIG_SIZE_PER_SEGMENT: u64 = 1 << 20;
+/// Number of ECAM windows that fit in the ECAM area (`PCI_MMCONFIG_SIZE` / 1 MiB = 256); the
+/// configuration allows fewer segments than this.
+pub const PCI_MMCONFIG_MAX_SEGMENTS: u16 =
+    (PCI_MMCONFIG_SIZE / PCI_MMCONFIG_SIZE_PER_SEGMENT) as u16;
+
+/// Base of PCI segment `segment`'s ECAM window (the MCFG entry and the `_CRS` of its host
+/// bridge). `segment` must be below [`PCI_MMCONFIG_MAX_SEGMENTS`]; higher numbers would land
+/// past the ECAM area.
+pub const fn ecam_window(segment: u16) -> u64 {
+    PCI_MMCONFIG_START + segment as u64 * PCI_MMCONFIG_SIZE_PER_SEGMENT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn phys_bits_follow_the_host_within_36_to_46() {
+        assert_eq!(guest_phys_bits(0), 36);
+        assert_eq!(guest_phys_bits(32), 36);
+        assert_eq!(guest_phys_bits(39), 39);
+        assert_eq!(guest_phys_bits(46), 46);
+        assert_eq!(guest_phys_bits(52), 46);
+    }
+
+    #[test]
+    fn mem64_aperture_starts_above_ram_on_a_4g_boundary() {
+        // 1 GiB of RAM (all below the hole): the aperture starts at 4 GiB.
+        assert_eq!(mem64_aperture(GIB, 46), Some((4 * GIB, (1 << 46) - 1)));
+        // 4 GiB of RAM ends at 5 GiB (3 GiB low + 1 GiB high): round up to 8 GiB.
+        assert_eq!(
+            mem64_aperture(5 * GIB, 46),
+            Some((8 * GIB, 0x3FFF_FFFF_FFFF))
+        );
+        // RAM ending exactly on a boundary is not rounded further.
+        assert_eq!(
+            mem64_aperture(16 * GIB, 40),
+            Some((16 * GIB, (1 << 40) - 1))
+        );
+    }
+
+    #[test]
+    fn mem64_aperture_holds_a_64g_bar_for_40_bits_and_more() {
+        for phys_bits in 40..=GUEST_PHYS_BITS_MAX {
+            for ram_gib in [1u64, 4, 64, 256] {
+                let ram_end = if ram_gib <= 3 {
+                    ram_gib * GIB
+                } else {
+                    (ram_gib + 1) * GIB
+                };
+                let (start, end) = mem64_aperture(ram_end, phys_bits).unwrap();
+                assert!(start >= ram_end && start % MEM_64BIT_DEVICES_ALIGNMENT == 0);
+                let bar = 64 * GIB;
+                let placed = start.div_ceil(bar) * bar;
+                assert!(
+                    placed + bar - 1 <= end,
+                    "{phys_bits} bits, {ram_gib} GiB RAM"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn mem64_aperture_is_none_when_ram_fills_the_physical_space() {
+        assert_eq!(mem64_aperture(61 * GIB, 36), None);
+        assert_eq!(mem64_aperture(64 * GIB, 36), None);
+        assert_eq!(mem64_aperture(60 * GIB, 36), Some((60 * GIB, 64 * GIB - 1)));
+        assert_eq!(mem64_aperture(u64::MAX, 46), None);
+        assert_eq!(mem64_aperture(GIB, 0), None);
+        assert_eq!(mem64_aperture(GIB, 53), None);
+        assert_eq!(mem64_aperture(GIB, 52), Some((4 * GIB, (1 << 52) - 1)));
+    }
+
+    #[test]
+    fn mem64_split_alignment_shrinks_only_when_needed() {
+        let (start, end) = mem64_aperture(GIB, 46).unwrap();
+        assert_eq!(mem64_split_alignment(end - start + 1, 96), 4 * GIB);
+        // 36 bits and 1 GiB RAM leave 60 GiB: 96 segments get 512 MiB units.
+        let (start, end) = mem64_aperture(GIB, 36).unwrap();
+        assert_eq!(end - start + 1, 60 * GIB);
+        assert_eq!(mem64_split_alignment(60 * GIB, 15), 4 * GIB);
+        assert_eq!(mem64_split_alignment(60 * GIB, 16), 2 * GIB);
+        assert_eq!(mem64_split_alignment(60 * GIB, 96), GIB / 2);
+        assert_eq!(mem64_split_alignment(0, 1), 4 << 10);
+        assert_eq!(mem64_split_alignment(1 << 40, u64::MAX), 4 << 10);
+    }
+
+    #[test]
+    fn pci_io_window_avoids_legacy_and_config_ports() {
+        let start = u32::from(PCI_IO_PORT_START);
+        let end = start + u32::from(PCI_IO_PORT_SIZE);
+        assert_eq!(end, 0x1_0000);
+        let legacy = [
+            (COM1_PORT, 8),
+            (I8042_PORT, I8042_PORT_COUNT),
+            (PVPANIC_PORT, 1),
+            (ACPI_PM_PORT, 8),
+            (PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_PORT_COUNT),
+        ];
+        for (port, count) in legacy {
+            assert!(
+                u32::from(port) + u32::from(count) <= start,
+                "port {port:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn ecam_windows_are_1m_apart_inside_the_ecam_area() {
+        assert_eq!(ecam_window(0), 0xE800_0000);
+        assert_eq!(ecam_window(1), 0xE810_0000);
+        assert_eq!(ecam_window(95), 0xEDF0_0000);
+        assert_eq!(PCI_MMCONFIG_MAX_SEGMENTS, 256);
+        let last = ecam_window(PCI_MMCONFIG_MAX_SEGMENTS - 1) + PCI_MMCONFIG_SIZE_PER_SEGMENT;
+        assert_eq!(last, PCI_MMCONFIG_START + PCI_MMCONFIG_SIZE);
+        assert!(last <= KVM_TSS_START);
+    }
+}

@@ -6,11 +6,16 @@
 //! Pure logic only: no KVM, no VFIO, no host devices. The VMM maps the access paths onto its
 //! buses; passthrough and virtio devices implement [`device::PciDevice`].
 
+pub mod address;
 pub mod allocator;
 pub mod aperture;
+pub mod bar;
+pub mod capability;
 pub mod config_space;
 pub mod device;
+pub mod error;
 pub mod host_bridge;
+pub mod legacy_ports;
 pub mod msi;
 pub mod msix;
 pub mod segment;

@@ -52,6 +52,13 @@ pvpanic_devices() {
 	echo "${found:-none}"
 }
 
+# PCI domains the guest enumerated, e.g. "0000,0001".
+pci_domains() {
+	for dev in /sys/bus/pci/devices/*; do
+		[ -e "$dev" ] && echo "${dev##*/}" | cut -d: -f1
+	done | sort -u | tr '\n' ',' | sed 's/,$//'
+}
+
 action=$(cmdline_value viaduct_action)
 action=${action:-poweroff}
 
@@ -60,6 +67,12 @@ echo "GUEST-CPUS=$(count_online_cpus)"
 echo "GUEST-CPUS-ONLINE=$(cat /sys/devices/system/cpu/online 2>/dev/null)"
 echo "GUEST-MEMTOTAL-KB=$(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)"
 echo "GUEST-PVPANIC=$(pvpanic_devices)"
+echo "GUEST-PCI-DOMAINS=$(pci_domains)"
+echo "GUEST-PCI-DEVICES=$(ls /sys/bus/pci/devices 2>/dev/null | tr '\n' ',' | sed 's/,$//')"
+# Root bridge windows from the guest's resource trees ("start-end : PCI Bus dddd:00"), printed
+# as GUEST-PCI-MEM=dddd:start-end and GUEST-PCI-IO=dddd:start-end.
+sed -n 's/^ *\([0-9a-f]*-[0-9a-f]*\) : PCI Bus \([0-9a-f]*\):.*/GUEST-PCI-MEM=\2:\1/p' /proc/iomem
+sed -n 's/^ *\([0-9a-f]*-[0-9a-f]*\) : PCI Bus \([0-9a-f]*\):.*/GUEST-PCI-IO=\2:\1/p' /proc/ioports
 echo "GUEST-UPTIME=$(cut -d' ' -f1 /proc/uptime)"
 echo "GUEST-MARKER=$(cmdline_value viaduct_marker)"
 echo "GUEST-ACTION=$action"

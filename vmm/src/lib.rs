@@ -8,6 +8,7 @@ pub mod config;
 mod console;
 mod legacy;
 mod memory;
+mod pci;
 mod signals;
 mod vcpu;
 mod vm;
@@ -87,6 +88,9 @@ pub enum Error {
     /// Devices could not be placed.
     #[error("device layout: {0}")]
     DeviceLayout(String),
+    /// The PCI segments could not be laid out.
+    #[error("PCI layout: {0}")]
+    PciLayout(String),
     /// The event loop failed.
     #[error("event loop: {0}")]
     EventLoop(String),
@@ -143,10 +147,30 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
         None => None,
     };
 
-    let serial = config.serial != config::SerialMode::Off;
+    let exit = ExitNotifier::new().map_err(Error::EventFd)?;
+    let mut legacy = legacy::create_legacy_devices(&vm, &config.serial, &exit)?;
+    let mut mmio = Bus::new();
+
+    let mut base_cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+    let host_phys_bits = arch::cpuid::reported_phys_bits(base_cpuid.as_slice());
+    let phys_bits = arch::layout::guest_phys_bits(host_phys_bits);
+    arch::cpuid::set_phys_bits(base_cpuid.as_mut_slice(), phys_bits);
+    info!("guest physical address width: {phys_bits} bits (host reports {host_phys_bits})");
+
+    let pci = pci::create_pci_topology(
+        &config.pci,
+        arch::memory::ram_end(config.memory_bytes),
+        phys_bits,
+        &mut legacy.pio,
+        &mut mmio,
+    )?;
+
     let mut acpi = arch::acpi::AcpiConfig::new(config.boot_vcpus);
-    acpi.serial = serial;
+    acpi.serial = config.serial != config::SerialMode::Off;
     acpi.pvpanic = true;
+    acpi.add_pci_roots(&pci.acpi_roots());
     let rsdp = arch::acpi::create_acpi_tables(&mem, &acpi)?;
 
     let entry = arch::boot::configure_boot(
@@ -164,12 +188,6 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
         entry.rip.0, entry.mode
     );
 
-    let exit = ExitNotifier::new().map_err(Error::EventFd)?;
-    let legacy = legacy::create_legacy_devices(&vm, &config.serial, &exit)?;
-
-    let base_cpuid = kvm
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
     let mut vcpus = Vec::with_capacity(usize::from(config.boot_vcpus));
     for index in 0..config.boot_vcpus {
         let boot_entry = (index == 0).then_some(&entry);
@@ -187,7 +205,7 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     let _terminal = (config.serial == config::SerialMode::Tty).then(console::RawTerminal::enter);
     let stop = Arc::new(AtomicBool::new(false));
     let pio = Arc::new(legacy.pio);
-    let mmio = Arc::new(Bus::new());
+    let mmio = Arc::new(mmio);
     let mut threads = Vec::with_capacity(vcpus.len());
     for (index, vcpu) in vcpus.into_iter().enumerate() {
         let buses = vcpu::VcpuBuses {

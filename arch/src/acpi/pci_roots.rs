@@ -1,7 +1,8 @@
 //! DSDT objects that make each PCI segment a PCI root the guest enumerates: a PNP0A08 host
 //! bridge per segment (`\_SB_.PCxx` with `_SEG`, `_UID`, `_BBN` and a `_CRS` giving its bus
-//! range, ECAM window, I/O window and 32-/64-bit MMIO windows), and a PNP0C02 motherboard device
-//! reserving the ECAM windows, as Linux expects for MMCONFIG.
+//! range, I/O window and 32-/64-bit MMIO windows), and a PNP0C02 motherboard device reserving
+//! the ECAM windows, as Linux expects for MMCONFIG. The ECAM windows are deliberately not in the
+//! host bridges' `_CRS`: Linux would take them for bus windows and could place BARs there.
 
 use acpi_tables::aml::{
     AddressSpace, AddressSpaceCacheable, Device, EISAName, Memory32Fixed, Name, Path,
@@ -42,7 +43,6 @@ pub fn root_path(segment: u16) -> String {
 /// Serialises the host bridge device for `root`.
 pub fn pci_root_aml(root: &PciRootDescription, sink: &mut Vec<u8>) {
     let bus = AddressSpace::<u16>::new_bus_number(0, ((root.ecam_size >> 20).max(1) - 1) as u16);
-    let ecam = Memory32Fixed::new(true, root.ecam_base as u32, root.ecam_size);
     let cfg_ports = IO::new(PCI_CONFIG_PORT, PCI_CONFIG_PORT, 1, PCI_CONFIG_PORT_LEN);
     let io = root
         .io
@@ -61,7 +61,6 @@ pub fn pci_root_aml(root: &PciRootDescription, sink: &mut Vec<u8>) {
     if root.legacy_config_ports {
         resources.push(&cfg_ports);
     }
-    resources.push(&ecam);
     if let Some(io) = &io {
         resources.push(io);
     }
@@ -183,6 +182,18 @@ mod tests {
         let mut aml0 = Vec::new();
         pci_root_aml(&root(0), &mut aml0);
         assert!(find(&aml0, &[0x47, 0x01, 0xF8, 0x0C]).is_some());
+    }
+
+    #[test]
+    fn ecam_is_reserved_but_not_a_bridge_window() {
+        // Memory32Fixed descriptor (0x86, length 9) at the ECAM base.
+        let ecam_desc = [0x86, 0x09, 0x00, 0x00, 0x00, 0x00, 0x10, 0xE8];
+        let mut bridge = Vec::new();
+        pci_root_aml(&root(1), &mut bridge);
+        assert!(find(&bridge, &ecam_desc[..2]).is_none());
+        let mut mbrd = Vec::new();
+        ecam_reservation_aml(&[root(1)], &mut mbrd);
+        assert!(find(&mbrd, &ecam_desc).is_some());
     }
 
     #[test]

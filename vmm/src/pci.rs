@@ -1,0 +1,201 @@
+//! The VM's PCI topology: one root bus per segment, each with its share of the 32-bit and 64-bit
+//! MMIO apertures (split by the configured weights) and of the PCI I/O port window, its ECAM
+//! window on the MMIO bus, and for segment 0 the legacy 0xCF8/0xCFC ports on the port bus.
+
+use std::sync::{Arc, Mutex};
+
+use log::{debug, info};
+
+use arch::acpi::PciRootDescription;
+use arch::layout;
+use devices::bus::{Bus, BusDevice};
+use pci::address::SegmentId;
+use pci::aperture::{split_aperture, AddressRange};
+use pci::legacy_ports::LegacyConfigPorts;
+use pci::segment::{PciSegment, RoutedWriteEffect, ECAM_WINDOW_SIZE};
+
+use crate::config::PciConfig;
+use crate::Error;
+
+/// One segment and its windows. Its root bus lives behind the config-access paths on the buses;
+/// device wiring (passthrough, virtio) will also keep the bus and a `SegmentAllocator` here.
+pub struct Segment {
+    /// The segment number (PCI domain).
+    pub id: u16,
+    /// This segment's 32-bit MMIO window.
+    pub mmio32: AddressRange,
+    /// This segment's 64-bit MMIO window (empty when the guest has no room above RAM).
+    pub mmio64: AddressRange,
+    /// This segment's I/O port window.
+    pub io: AddressRange,
+}
+
+/// All PCI segments of the VM.
+pub struct PciTopology {
+    /// Segment `i` at index `i`.
+    pub segments: Vec<Segment>,
+}
+
+fn layout_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::PciLayout(format!("{what}: {e}"))
+}
+
+/// Splits `window` by `weights`, or gives every segment an empty window when there is none.
+fn split(
+    what: &str,
+    window: Option<AddressRange>,
+    weights: &[u32],
+    alignment: u64,
+) -> Result<Vec<AddressRange>, Error> {
+    match window {
+        Some(w) => split_aperture(w, weights, alignment).map_err(|e| layout_error(what, e)),
+        None => Ok(vec![AddressRange::empty(0); weights.len()]),
+    }
+}
+
+/// Lays out the segments of `cfg` for a guest whose RAM ends at `ram_end` and whose physical
+/// address width is `phys_bits`, and puts their config-access paths on the buses.
+pub fn create_pci_topology(
+    cfg: &PciConfig,
+    ram_end: u64,
+    phys_bits: u8,
+    pio: &mut Bus,
+    mmio: &mut Bus,
+) -> Result<PciTopology, Error> {
+    let w32: Vec<u32> = cfg
+        .segments
+        .iter()
+        .map(|s| s.mmio32_aperture_weight)
+        .collect();
+    let w64: Vec<u32> = cfg
+        .segments
+        .iter()
+        .map(|s| s.mmio64_aperture_weight)
+        .collect();
+    let equal = vec![1u32; cfg.segments.len()];
+
+    let mmio32_aperture = AddressRange::new(
+        layout::MEM_32BIT_DEVICES_START,
+        layout::MEM_32BIT_DEVICES_SIZE,
+    );
+    let mmio32 = split(
+        "32-bit MMIO aperture",
+        mmio32_aperture,
+        &w32,
+        layout::MEM_32BIT_DEVICES_SPLIT_ALIGNMENT,
+    )?;
+    let mmio64_aperture = layout::mem64_aperture(ram_end, phys_bits)
+        .and_then(|(start, last)| AddressRange::from_inclusive(start, last));
+    let total64: u64 = w64.iter().map(|&w| u64::from(w)).sum();
+    let align64 = mmio64_aperture.map_or(layout::MEM_64BIT_DEVICES_ALIGNMENT, |a| {
+        layout::mem64_split_alignment(a.size(), total64)
+    });
+    let mmio64 = split("64-bit MMIO aperture", mmio64_aperture, &w64, align64)?;
+    let io_window = AddressRange::new(
+        u64::from(layout::PCI_IO_PORT_START),
+        u64::from(layout::PCI_IO_PORT_SIZE),
+    );
+    let io = split(
+        "PCI I/O port window",
+        io_window,
+        &equal,
+        layout::PCI_IO_PORT_SPLIT_ALIGNMENT,
+    )?;
+
+    let mut segments = Vec::with_capacity(cfg.segments.len());
+    for (index, ((mmio32, mmio64), io)) in mmio32.into_iter().zip(mmio64).zip(io).enumerate() {
+        let id = index as u16;
+        let bus = Arc::new(Mutex::new(PciSegment::new(SegmentId(id))));
+        let ecam = Arc::new(Mutex::new(EcamAccess {
+            segment: bus.clone(),
+        }));
+        mmio.insert(ecam, layout::ecam_window(id), ECAM_WINDOW_SIZE)
+            .map_err(|e| layout_error(&format!("ECAM window of segment {id}"), e))?;
+        if id == 0 {
+            let ports = Arc::new(Mutex::new(LegacyPortAccess {
+                ports: LegacyConfigPorts::new(),
+                segment: bus.clone(),
+            }));
+            pio.insert(
+                ports,
+                u64::from(layout::PCI_CONFIG_IO_PORT),
+                u64::from(layout::PCI_CONFIG_IO_PORT_COUNT),
+            )
+            .map_err(|e| layout_error("PCI config ports", e))?;
+        }
+        info!("PCI segment {id:04x}: 32-bit MMIO {mmio32}, 64-bit MMIO {mmio64}, I/O {io}");
+        segments.push(Segment {
+            id,
+            mmio32,
+            mmio64,
+            io,
+        });
+    }
+    Ok(PciTopology { segments })
+}
+
+impl PciTopology {
+    /// How the ACPI tables describe each root.
+    pub fn acpi_roots(&self) -> Vec<PciRootDescription> {
+        self.segments
+            .iter()
+            .map(|s| PciRootDescription {
+                segment: s.id,
+                ecam_base: layout::ecam_window(s.id),
+                ecam_size: ECAM_WINDOW_SIZE as u32,
+                mmio32: (s.mmio32.start() as u32, s.mmio32.last().unwrap_or(0) as u32),
+                mmio64: s.mmio64.last().map(|last| (s.mmio64.start(), last)),
+                io: s.io.last().map(|last| (s.io.start() as u16, last as u16)),
+                legacy_config_ports: s.id == 0,
+            })
+            .collect()
+    }
+}
+
+/// Acts on what a guest config write changed.
+fn apply_effect(segment: u16, routed: Option<RoutedWriteEffect>) {
+    if let Some(RoutedWriteEffect { bdf, effect }) = routed {
+        // Only the host bridge exists so far, and it has no BARs; devices with BARs move their
+        // mappings here once they are wired.
+        debug!("PCI {segment:04x}:{bdf}: config write effect {effect:?}");
+    }
+}
+
+/// A segment's ECAM window as seen from the MMIO bus.
+struct EcamAccess {
+    segment: Arc<Mutex<PciSegment>>,
+}
+
+impl BusDevice for EcamAccess {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.segment
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ecam_read(offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let mut segment = self.segment.lock().unwrap_or_else(|e| e.into_inner());
+        let id = segment.id().0;
+        apply_effect(id, segment.ecam_write(offset, data));
+    }
+}
+
+/// The 0xCF8/0xCFC ports as seen from the port bus (segment 0 only).
+struct LegacyPortAccess {
+    ports: LegacyConfigPorts,
+    segment: Arc<Mutex<PciSegment>>,
+}
+
+impl BusDevice for LegacyPortAccess {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let segment = self.segment.lock().unwrap_or_else(|e| e.into_inner());
+        self.ports.read(&segment, offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let mut segment = self.segment.lock().unwrap_or_else(|e| e.into_inner());
+        let effect = self.ports.write(&mut segment, offset, data);
+        apply_effect(0, effect);
+    }
+}
