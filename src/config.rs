@@ -270,6 +270,7 @@ pub fn build(cli: &Cli) -> Result<VmConfig, ConfigError> {
         serial: parse_serial(&cli.serial)?,
         console: parse_console(&cli.console)?,
         pci: parse_pci(&cli.platform, &cli.pci_segments)?,
+        devices: Vec::new(),
     })
 }
 

@@ -45,7 +45,26 @@ pub struct VmConfig {
     pub console: ConsoleMode,
     /// PCI segments and how the MMIO apertures are divided among them.
     pub pci: PciConfig,
+    /// Host PCI devices passed through with VFIO (`--device`), in command-line order.
+    pub devices: Vec<PassthroughDeviceConfig>,
 }
+
+/// One `--device path=…` entry: a host device handed to the guest through VFIO.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PassthroughDeviceConfig {
+    /// The device's sysfs directory: `/sys/bus/pci/devices/DDDD:BB:DD.F` (or a mediated device
+    /// under `/sys/bus/mdev/devices/UUID`), as given (a trailing `/` is fine).
+    pub path: PathBuf,
+    /// The PCI segment the guest sees it on (< the number of segments).
+    pub pci_segment: u16,
+    /// A name for messages and logs (`id=`); defaults to the device's sysfs name.
+    pub id: Option<String>,
+    /// `x_nv_gpudirect_clique=N` (0..=15): advertise the NVIDIA GPUDirect P2P clique capability.
+    pub gpudirect_clique: Option<u8>,
+}
+
+/// Largest `x_nv_gpudirect_clique` value: the capability's clique-id field is 4 bits wide.
+pub const MAX_GPUDIRECT_CLIQUE: u8 = 15;
 
 /// One PCI segment's share of the 32-bit and 64-bit MMIO apertures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

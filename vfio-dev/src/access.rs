@@ -1,0 +1,177 @@
+//! What the passthrough logic needs from a host VFIO device, as a trait so that tests can stand a
+//! fake device (a recorded config space, fake BAR regions) behind it.
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
+use vmm_sys_util::eventfd::EventFd;
+
+/// VFIO PCI region indices (`VFIO_PCI_*_REGION_INDEX`).
+pub mod region {
+    /// BAR0; BARn is `BAR0 + n`.
+    pub const BAR0: u32 = 0;
+    /// The expansion ROM.
+    pub const ROM: u32 = 6;
+    /// PCI configuration space.
+    pub const CONFIG: u32 = 7;
+}
+
+/// VFIO PCI interrupt indices (`VFIO_PCI_*_IRQ_INDEX`).
+pub mod irq {
+    /// Legacy INTx.
+    pub const INTX: u32 = 0;
+    /// MSI.
+    pub const MSI: u32 = 1;
+    /// MSI-X.
+    pub const MSIX: u32 = 2;
+}
+
+/// `VFIO_REGION_INFO_FLAG_*`.
+pub mod region_flags {
+    /// The region can be read.
+    pub const READ: u32 = 1 << 0;
+    /// The region can be written.
+    pub const WRITE: u32 = 1 << 1;
+    /// The region can be mmapped.
+    pub const MMAP: u32 = 1 << 2;
+    /// The region info has capabilities.
+    pub const CAPS: u32 = 1 << 3;
+}
+
+/// A capability of a region, as reported by `VFIO_DEVICE_GET_REGION_INFO`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegionCap {
+    /// Only these `(offset, size)` areas of the region may be mmapped.
+    SparseMmap(Vec<(u64, u64)>),
+    /// The MSI-X table and PBA in this region may be mmapped (the kernel does not need to trap
+    /// them); viaduct still traps them to emulate the table.
+    MsixMappable,
+    /// Another capability viaduct does not use.
+    Other,
+}
+
+/// One VFIO region of the device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionInfo {
+    /// `VFIO_REGION_INFO_FLAG_*` bits.
+    pub flags: u32,
+    /// Size in bytes (0: the region does not exist, e.g. an unimplemented BAR).
+    pub size: u64,
+    /// Offset of the region in the device fd, for `pread`/`pwrite`/`mmap`.
+    pub offset: u64,
+    /// Region capabilities.
+    pub caps: Vec<RegionCap>,
+}
+
+/// Errors from interrupt setup on the host device.
+#[derive(Debug, thiserror::Error)]
+#[error("VFIO interrupt setup ({what}) failed: {detail}")]
+pub struct IrqError {
+    /// What was attempted, e.g. "enable MSI-X with 9 vectors".
+    pub what: String,
+    /// The underlying error.
+    pub detail: String,
+}
+
+/// The host device, as the passthrough logic uses it.
+pub trait VfioDeviceAccess: Send + Sync {
+    /// Information about region `index`, or `None` when the device has no such region.
+    fn region_info(&self, index: u32) -> Option<RegionInfo>;
+    /// Reads `buf.len()` bytes at `offset` of region `index` (all-ones when it fails).
+    fn region_read(&self, index: u32, offset: u64, buf: &mut [u8]);
+    /// Writes `buf` at `offset` of region `index` (dropped when it fails).
+    fn region_write(&self, index: u32, offset: u64, buf: &[u8]);
+    /// Number of vectors interrupt `index` supports (0: not supported).
+    fn irq_count(&self, index: u32) -> u32;
+    /// Routes interrupt `index`'s vectors `0..fds.len()` to `fds` (`VFIO_DEVICE_SET_IRQS`).
+    fn enable_irq(&self, index: u32, fds: &[&EventFd]) -> Result<(), IrqError>;
+    /// Turns interrupt `index` off.
+    fn disable_irq(&self, index: u32) -> Result<(), IrqError>;
+    /// Unmasks INTx when `resample` is signalled (the guest's EOI), so level-triggered INTx works
+    /// without a trip through the VMM.
+    fn set_intx_unmask_fd(&self, resample: &EventFd) -> Result<(), IrqError>;
+    /// Unmasks INTx now.
+    fn unmask_intx(&self) -> Result<(), IrqError>;
+    /// Resets the function if it supports reset.
+    fn reset(&self);
+    /// The device fd, for mmapping regions.
+    fn device_fd(&self) -> RawFd;
+}
+
+fn irq_error(what: impl Into<String>, e: vfio_ioctls::VfioError) -> IrqError {
+    IrqError {
+        what: what.into(),
+        detail: e.to_string(),
+    }
+}
+
+impl VfioDeviceAccess for VfioDevice {
+    fn region_info(&self, index: u32) -> Option<RegionInfo> {
+        let size = self.get_region_size(index);
+        let flags = self.get_region_flags(index);
+        if size == 0 && flags == 0 {
+            return None;
+        }
+        let caps = self
+            .get_region_caps(index)
+            .into_iter()
+            .map(|cap| match cap {
+                VfioRegionInfoCap::SparseMmap(s) => {
+                    RegionCap::SparseMmap(s.areas.iter().map(|a| (a.offset, a.size)).collect())
+                }
+                VfioRegionInfoCap::MsixMappable => RegionCap::MsixMappable,
+                _ => RegionCap::Other,
+            })
+            .collect();
+        Some(RegionInfo {
+            flags,
+            size,
+            offset: self.get_region_offset(index),
+            caps,
+        })
+    }
+
+    fn region_read(&self, index: u32, offset: u64, buf: &mut [u8]) {
+        VfioDevice::region_read(self, index, buf, offset)
+    }
+
+    fn region_write(&self, index: u32, offset: u64, buf: &[u8]) {
+        VfioDevice::region_write(self, index, buf, offset)
+    }
+
+    fn irq_count(&self, index: u32) -> u32 {
+        self.get_irq_info(index).map_or(0, |i| i.count)
+    }
+
+    fn enable_irq(&self, index: u32, fds: &[&EventFd]) -> Result<(), IrqError> {
+        VfioDevice::enable_irq(self, index, fds.to_vec()).map_err(|e| {
+            irq_error(
+                format!("enable interrupt index {index} with {} vectors", fds.len()),
+                e,
+            )
+        })
+    }
+
+    fn disable_irq(&self, index: u32) -> Result<(), IrqError> {
+        VfioDevice::disable_irq(self, index)
+            .map_err(|e| irq_error(format!("disable interrupt index {index}"), e))
+    }
+
+    fn set_intx_unmask_fd(&self, resample: &EventFd) -> Result<(), IrqError> {
+        self.set_irq_resample_fd(irq::INTX, vec![resample])
+            .map_err(|e| irq_error("INTx resample eventfd", e))
+    }
+
+    fn unmask_intx(&self) -> Result<(), IrqError> {
+        self.unmask_irq(irq::INTX)
+            .map_err(|e| irq_error("INTx unmask", e))
+    }
+
+    fn reset(&self) {
+        VfioDevice::reset(self)
+    }
+
+    fn device_fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+}
