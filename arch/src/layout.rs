@@ -107,6 +107,17 @@ pub const ACPI_RESET_VALUE: u8 = 0x1;
 /// `SLP_TYP` the DSDT's `_S5_` object gives for soft-off.
 pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
 
+/// First IOAPIC pin (GSI) used for PCI INTx; pins 16..=23 are shared by all PCI slots.
+pub const PCI_INTX_GSI_BASE: u32 = 16;
+/// Number of IOAPIC pins PCI INTx is spread over.
+pub const PCI_INTX_GSI_COUNT: u32 = 8;
+
+/// The GSI that INTx pin `pin` (0 = INTA … 3 = INTD) of the device in `slot` raises: the usual
+/// swizzle over pins 16–23, described to the guest by each host bridge's `_PRT`.
+pub const fn pci_intx_gsi(slot: u8, pin: u8) -> u32 {
+    PCI_INTX_GSI_BASE + (slot as u32 + pin as u32) % PCI_INTX_GSI_COUNT
+}
+
 /// pvpanic device I/O port: the guest kernel writes here when it panics.
 pub const PVPANIC_PORT: u16 = 0x505;
 

@@ -1,7 +1,7 @@
 //! Address-range dispatch of port I/O and MMIO exits to devices.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// A device reachable through a range of port or MMIO addresses.
 ///
@@ -43,9 +43,13 @@ struct Entry {
 }
 
 /// A set of non-overlapping address ranges, each owned by one device.
+///
+/// Ranges can be added and removed while vCPUs dispatch through the bus (a guest moving a BAR).
+/// Dispatch looks the device up, releases the bus lock, then calls the device, so a device
+/// access may itself change the bus (an ECAM write that moves a BAR on the same bus).
 #[derive(Default)]
 pub struct Bus {
-    ranges: BTreeMap<u64, Entry>,
+    ranges: RwLock<BTreeMap<u64, Entry>>,
 }
 
 impl Bus {
@@ -54,9 +58,13 @@ impl Bus {
         Self::default()
     }
 
+    fn ranges(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Entry>> {
+        self.ranges.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Maps `device` at `[base, base + len)`.
     pub fn insert(
-        &mut self,
+        &self,
         device: Arc<Mutex<dyn BusDevice>>,
         base: u64,
         len: u64,
@@ -65,8 +73,9 @@ impl Bus {
             return Err(BusError::EmptyRange { base });
         }
         let end = base.saturating_add(len);
+        let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
         // The only candidates for overlap: the last range starting below `end`.
-        if let Some((&b, e)) = self.ranges.range(..end).next_back() {
+        if let Some((&b, e)) = ranges.range(..end).next_back() {
             if b.saturating_add(e.len) > base {
                 return Err(BusError::Overlap {
                     base,
@@ -76,13 +85,20 @@ impl Bus {
                 });
             }
         }
-        self.ranges.insert(base, Entry { len, device });
+        ranges.insert(base, Entry { len, device });
         Ok(())
     }
 
-    fn resolve(&self, addr: u64) -> Option<(u64, &Arc<Mutex<dyn BusDevice>>)> {
-        let (&base, entry) = self.ranges.range(..=addr).next_back()?;
-        (addr - base < entry.len).then_some((addr - base, &entry.device))
+    /// Unmaps the range starting at `base`; returns its length, or `None` if nothing starts there.
+    pub fn remove(&self, base: u64) -> Option<u64> {
+        let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
+        ranges.remove(&base).map(|e| e.len)
+    }
+
+    fn resolve(&self, addr: u64) -> Option<(u64, Arc<Mutex<dyn BusDevice>>)> {
+        let ranges = self.ranges();
+        let (&base, entry) = ranges.range(..=addr).next_back()?;
+        (addr - base < entry.len).then(|| (addr - base, entry.device.clone()))
     }
 
     /// Dispatches a read; returns false (leaving `data` untouched) when nothing is mapped there.
@@ -129,7 +145,7 @@ mod tests {
     #[test]
     fn accesses_reach_the_device_with_relative_offsets() {
         let dev = Arc::new(Mutex::new(Recorder(vec![])));
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(dev.clone(), 0x3f8, 8).unwrap();
         let mut b = [0u8; 1];
         assert!(bus.read(0x3fd, &mut b));
@@ -142,7 +158,7 @@ mod tests {
 
     #[test]
     fn overlapping_ranges_are_rejected() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let d = || Arc::new(Mutex::new(Recorder(vec![]))) as Arc<Mutex<dyn BusDevice>>;
         bus.insert(d(), 0x100, 0x10).unwrap();
         assert!(matches!(
@@ -159,5 +175,18 @@ mod tests {
         );
         bus.insert(d(), 0x110, 1).unwrap();
         bus.insert(d(), 0xf0, 0x10).unwrap();
+    }
+
+    #[test]
+    fn removed_ranges_stop_dispatching_and_can_be_reused() {
+        let bus = Bus::new();
+        let dev = Arc::new(Mutex::new(Recorder(vec![])));
+        bus.insert(dev.clone(), 0x1000, 0x100).unwrap();
+        assert_eq!(bus.remove(0x1000), Some(0x100));
+        assert_eq!(bus.remove(0x1000), None);
+        assert!(!bus.write(0x1000, &[1]));
+        bus.insert(dev.clone(), 0x2000, 0x100).unwrap();
+        assert!(bus.write(0x2010, &[1]));
+        assert_eq!(dev.lock().unwrap().0, vec![(0x10, vec![1])]);
     }
 }

@@ -9,4 +9,16 @@
 //! mapped and handles the accesses that trap.
 
 pub mod access;
+mod bars;
+pub mod clique;
+mod config;
+pub mod container;
+pub mod device;
+pub mod dma;
+pub mod error;
+#[cfg(test)]
+mod fake;
+mod interrupts;
 pub mod routing;
+pub mod sparse;
+pub mod sysfs;

@@ -58,7 +58,7 @@ fn eventfd() -> Result<EventFd, Error> {
 }
 
 fn insert(
-    bus: &mut Bus,
+    bus: &Bus,
     dev: Arc<Mutex<dyn devices::bus::BusDevice>>,
     port: u16,
     len: u16,
@@ -73,7 +73,7 @@ pub fn create_legacy_devices(
     serial: &SerialMode,
     exit: &ExitNotifier,
 ) -> Result<LegacyDevices, Error> {
-    let mut pio = Bus::new();
+    let pio = Bus::new();
     let mut com1 = None;
     if let Some(out) = serial_output(serial)? {
         let irq = eventfd()?;
@@ -85,7 +85,7 @@ pub fn create_legacy_devices(
             irq, out, drained,
         )));
         insert(
-            &mut pio,
+            &pio,
             dev.clone(),
             layout::COM1_PORT,
             u16::from(SERIAL_PORT_COUNT),
@@ -101,15 +101,15 @@ pub fn create_legacy_devices(
         layout::ACPI_S5_SLEEP_TYPE,
     )
     .map_err(|e| Error::DeviceLayout(e.to_string()))?;
-    insert(&mut pio, Arc::new(Mutex::new(pm)), layout::ACPI_PM_PORT, 1)?;
+    insert(&pio, Arc::new(Mutex::new(pm)), layout::ACPI_PM_PORT, 1)?;
     insert(
-        &mut pio,
+        &pio,
         Arc::new(Mutex::new(I8042Device::new(exit.clone()))),
         layout::I8042_PORT,
         layout::I8042_PORT_COUNT,
     )?;
     insert(
-        &mut pio,
+        &pio,
         Arc::new(Mutex::new(PvPanicDevice::new(exit.clone()))),
         layout::PVPANIC_PORT,
         1,

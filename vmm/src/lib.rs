@@ -6,8 +6,10 @@
 
 pub mod config;
 mod console;
+mod interrupts;
 mod legacy;
 mod memory;
+mod passthrough;
 mod pci;
 mod signals;
 mod vcpu;
@@ -88,6 +90,9 @@ pub enum Error {
     /// Devices could not be placed.
     #[error("device layout: {0}")]
     DeviceLayout(String),
+    /// A passthrough device could not be set up.
+    #[error("--device {0}")]
+    Passthrough(String),
     /// The PCI segments could not be laid out.
     #[error("PCI layout: {0}")]
     PciLayout(String),
@@ -127,16 +132,12 @@ const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Boots the VM described by `config` and runs it until it stops.
 pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     let kvm = vm::open_kvm()?;
-    let vm = vm::create_vm(&kvm)?;
+    let vm = Arc::new(vm::create_vm(&kvm)?);
     let mem = memory::create_guest_memory(config.memory_bytes)?;
     memory::register_memory(&vm, &mem)?;
 
     let kernel = arch::boot::load_kernel(&mem, &config.kernel)?;
-    info!(
-        "kernel {} loaded: {:?}",
-        config.kernel.display(),
-        kernel.image
-    );
+    info!("kernel {}: {}", config.kernel.display(), kernel.image);
     let initramfs = match &config.initramfs {
         Some(path) => Some(arch::boot::load_initramfs(
             &mem,
@@ -148,8 +149,9 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     };
 
     let exit = ExitNotifier::new().map_err(Error::EventFd)?;
-    let mut legacy = legacy::create_legacy_devices(&vm, &config.serial, &exit)?;
-    let mut mmio = Bus::new();
+    let legacy = legacy::create_legacy_devices(&vm, &config.serial, &exit)?;
+    let pio = Arc::new(legacy.pio);
+    let mmio = Arc::new(Bus::new());
 
     let mut base_cpuid = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -163,9 +165,22 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
         &config.pci,
         arch::memory::ram_end(config.memory_bytes),
         phys_bits,
-        &mut legacy.pio,
-        &mut mmio,
+        &pio,
+        &mmio,
     )?;
+    let router = Arc::new(interrupts::GsiRouter::new(vm.clone()));
+    let _passthrough = passthrough::PassthroughGuard {
+        passthrough: passthrough::Passthrough::attach(
+            &config.devices,
+            &vm,
+            &mem,
+            &pci,
+            &mmio,
+            &pio,
+            router,
+        )?,
+        relocator: pci.relocator.clone(),
+    };
 
     let mut acpi = arch::acpi::AcpiConfig::new(config.boot_vcpus);
     acpi.serial = config.serial != config::SerialMode::Off;
@@ -204,18 +219,17 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     signals::install(&exit)?;
     let _terminal = (config.serial == config::SerialMode::Tty).then(console::RawTerminal::enter);
     let stop = Arc::new(AtomicBool::new(false));
-    let pio = Arc::new(legacy.pio);
-    let mmio = Arc::new(mmio);
+    let stats = Arc::new(vcpu::ExitStats::default());
     let mut threads = Vec::with_capacity(vcpus.len());
     for (index, vcpu) in vcpus.into_iter().enumerate() {
         let buses = vcpu::VcpuBuses {
             pio: pio.clone(),
             mmio: mmio.clone(),
         };
-        let (exit, stop) = (exit.clone(), stop.clone());
+        let (exit, stop, stats) = (exit.clone(), stop.clone(), stats.clone());
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || vcpu.run(buses, exit, stop))
+            .spawn(move || vcpu.run(buses, exit, stop, stats))
             .map_err(|e| Error::VcpuThread(index as u8, e))?;
         threads.push(handle);
     }
@@ -225,6 +239,7 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
         exit.notify(ExitReason::Failure("event loop failed".into()));
     }
     stop_vcpus(&stop, threads);
+    info!("viaduct vCPU exits: {stats}");
     loop_result?;
 
     if let Some(name) = signals::received() {

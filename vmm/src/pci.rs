@@ -2,26 +2,40 @@
 //! MMIO apertures (split by the configured weights) and of the PCI I/O port window, its ECAM
 //! window on the MMIO bus, and for segment 0 the legacy 0xCF8/0xCFC ports on the port bus.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use log::{debug, info};
 
 use arch::acpi::PciRootDescription;
 use arch::layout;
 use devices::bus::{Bus, BusDevice};
-use pci::address::SegmentId;
+use pci::address::{Bdf, SegmentId};
+use pci::allocator::SegmentAllocator;
 use pci::aperture::{split_aperture, AddressRange};
+use pci::bar::BarMove;
 use pci::legacy_ports::LegacyConfigPorts;
 use pci::segment::{PciSegment, RoutedWriteEffect, ECAM_WINDOW_SIZE};
 
 use crate::config::PciConfig;
 use crate::Error;
 
-/// One segment and its windows. Its root bus lives behind the config-access paths on the buses;
-/// device wiring (passthrough, virtio) will also keep the bus and a `SegmentAllocator` here.
+/// Moves what backs a BAR (bus ranges, KVM memory slots) when the guest reprograms it.
+pub trait BarRelocator: Send + Sync {
+    /// The guest moved BAR `mv.index` of `segment:bdf` from `mv.old` to `mv.new`.
+    fn move_bar(&self, segment: u16, bdf: Bdf, mv: &BarMove);
+}
+
+/// The relocator the config-access paths call; set once the devices exist.
+pub type RelocatorSlot = Arc<RwLock<Option<Arc<dyn BarRelocator>>>>;
+
+/// One segment: its root bus, its windows and the allocator that places BARs in them.
 pub struct Segment {
     /// The segment number (PCI domain).
     pub id: u16,
+    /// The root bus, shared with the config-access paths.
+    pub bus: Arc<Mutex<PciSegment>>,
+    /// Places the BARs of this segment's devices.
+    pub allocator: Arc<Mutex<SegmentAllocator>>,
     /// This segment's 32-bit MMIO window.
     pub mmio32: AddressRange,
     /// This segment's 64-bit MMIO window (empty when the guest has no room above RAM).
@@ -34,6 +48,8 @@ pub struct Segment {
 pub struct PciTopology {
     /// Segment `i` at index `i`.
     pub segments: Vec<Segment>,
+    /// Who moves BAR mappings when the guest reprograms a BAR.
+    pub relocator: RelocatorSlot,
 }
 
 fn layout_error(what: &str, e: impl std::fmt::Display) -> Error {
@@ -59,9 +75,10 @@ pub fn create_pci_topology(
     cfg: &PciConfig,
     ram_end: u64,
     phys_bits: u8,
-    pio: &mut Bus,
-    mmio: &mut Bus,
+    pio: &Bus,
+    mmio: &Bus,
 ) -> Result<PciTopology, Error> {
+    let relocator: RelocatorSlot = Arc::new(RwLock::new(None));
     let w32: Vec<u32> = cfg
         .segments
         .iter()
@@ -108,6 +125,7 @@ pub fn create_pci_topology(
         let bus = Arc::new(Mutex::new(PciSegment::new(SegmentId(id))));
         let ecam = Arc::new(Mutex::new(EcamAccess {
             segment: bus.clone(),
+            relocator: relocator.clone(),
         }));
         mmio.insert(ecam, layout::ecam_window(id), ECAM_WINDOW_SIZE)
             .map_err(|e| layout_error(&format!("ECAM window of segment {id}"), e))?;
@@ -115,6 +133,7 @@ pub fn create_pci_topology(
             let ports = Arc::new(Mutex::new(LegacyPortAccess {
                 ports: LegacyConfigPorts::new(),
                 segment: bus.clone(),
+                relocator: relocator.clone(),
             }));
             pio.insert(
                 ports,
@@ -126,12 +145,17 @@ pub fn create_pci_topology(
         info!("PCI segment {id:04x}: 32-bit MMIO {mmio32}, 64-bit MMIO {mmio64}, I/O {io}");
         segments.push(Segment {
             id,
+            bus,
+            allocator: Arc::new(Mutex::new(SegmentAllocator::new(id, mmio32, mmio64, io))),
             mmio32,
             mmio64,
             io,
         });
     }
-    Ok(PciTopology { segments })
+    Ok(PciTopology {
+        segments,
+        relocator,
+    })
 }
 
 impl PciTopology {
@@ -152,18 +176,27 @@ impl PciTopology {
     }
 }
 
-/// Acts on what a guest config write changed.
-fn apply_effect(segment: u16, routed: Option<RoutedWriteEffect>) {
-    if let Some(RoutedWriteEffect { bdf, effect }) = routed {
-        // Only the host bridge exists so far, and it has no BARs; devices with BARs move their
-        // mappings here once they are wired.
-        debug!("PCI {segment:04x}:{bdf}: config write effect {effect:?}");
+/// Acts on what a guest config write changed: moves the mappings of reprogrammed BARs.
+fn apply_effect(relocator: &RelocatorSlot, segment: u16, routed: Option<RoutedWriteEffect>) {
+    let Some(RoutedWriteEffect { bdf, effect }) = routed else {
+        return;
+    };
+    let relocator = relocator.read().unwrap_or_else(|e| e.into_inner()).clone();
+    for mv in &effect.bar_moves {
+        debug!(
+            "PCI {segment:04x}:{bdf}: guest moved BAR {:?} from {:#x} to {:#x}",
+            mv.index, mv.old, mv.new
+        );
+        if let Some(r) = &relocator {
+            r.move_bar(segment, bdf, mv);
+        }
     }
 }
 
 /// A segment's ECAM window as seen from the MMIO bus.
 struct EcamAccess {
     segment: Arc<Mutex<PciSegment>>,
+    relocator: RelocatorSlot,
 }
 
 impl BusDevice for EcamAccess {
@@ -175,9 +208,12 @@ impl BusDevice for EcamAccess {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let mut segment = self.segment.lock().unwrap_or_else(|e| e.into_inner());
-        let id = segment.id().0;
-        apply_effect(id, segment.ecam_write(offset, data));
+        let (id, effect) = {
+            let mut segment = self.segment.lock().unwrap_or_else(|e| e.into_inner());
+            (segment.id().0, segment.ecam_write(offset, data))
+        };
+        // The segment lock is released: moving a BAR touches the device behind it.
+        apply_effect(&self.relocator, id, effect);
     }
 }
 
@@ -185,6 +221,7 @@ impl BusDevice for EcamAccess {
 struct LegacyPortAccess {
     ports: LegacyConfigPorts,
     segment: Arc<Mutex<PciSegment>>,
+    relocator: RelocatorSlot,
 }
 
 impl BusDevice for LegacyPortAccess {
@@ -194,8 +231,10 @@ impl BusDevice for LegacyPortAccess {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let mut segment = self.segment.lock().unwrap_or_else(|e| e.into_inner());
-        let effect = self.ports.write(&mut segment, offset, data);
-        apply_effect(0, effect);
+        let effect = {
+            let mut segment = self.segment.lock().unwrap_or_else(|e| e.into_inner());
+            self.ports.write(&mut segment, offset, data)
+        };
+        apply_effect(&self.relocator, 0, effect);
     }
 }

@@ -1,7 +1,7 @@
 //! One vCPU: its boot state, and the thread that runs it and turns its exits into device accesses
 //! or a reason for the VM to stop.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use kvm_bindings::{CpuId, Msrs};
@@ -27,6 +27,27 @@ pub struct VcpuBuses {
     pub pio: Arc<Bus>,
     /// MMIO outside guest RAM and outside the in-kernel APICs.
     pub mmio: Arc<Bus>,
+}
+
+/// How many exits of each kind reached the VMM, summed over all vCPUs. Passthrough BARs are
+/// mapped into the guest, so device I/O should not show up here (only MSI-X table accesses).
+#[derive(Default, Debug)]
+pub struct ExitStats {
+    /// MMIO exits (trapped BAR pages, ECAM, unclaimed MMIO).
+    pub mmio: AtomicU64,
+    /// Port I/O exits (serial, PCI config ports, ACPI, unclaimed ports).
+    pub pio: AtomicU64,
+}
+
+impl std::fmt::Display for ExitStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "mmio={} pio={}",
+            self.mmio.load(Ordering::Relaxed),
+            self.pio.load(Ordering::Relaxed)
+        )
+    }
 }
 
 /// A configured vCPU, ready to run on its own thread.
@@ -98,10 +119,26 @@ impl Vcpu {
     }
 
     /// Runs the vCPU until the VM stops (`stop` set) or this vCPU ends the VM through `exit`.
-    pub fn run(mut self, buses: VcpuBuses, exit: ExitNotifier, stop: Arc<AtomicBool>) {
+    pub fn run(
+        mut self,
+        buses: VcpuBuses,
+        exit: ExitNotifier,
+        stop: Arc<AtomicBool>,
+        stats: Arc<ExitStats>,
+    ) {
         let index = self.index;
         while !stop.load(Ordering::Acquire) {
-            let failure = match self.fd.run() {
+            let result = self.fd.run();
+            match &result {
+                Ok(VcpuExit::IoIn(..)) | Ok(VcpuExit::IoOut(..)) => {
+                    stats.pio.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(VcpuExit::MmioRead(..)) | Ok(VcpuExit::MmioWrite(..)) => {
+                    stats.mmio.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+            let failure = match result {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     if !buses.pio.read(u64::from(port), data) {
                         trace!("vCPU {index}: read of unclaimed port {port:#x}");

@@ -5,7 +5,7 @@
 //! host bridges' `_CRS`: Linux would take them for bus windows and could place BARs there.
 
 use acpi_tables::aml::{
-    AddressSpace, AddressSpaceCacheable, Device, EISAName, Memory32Fixed, Name, Path,
+    AddressSpace, AddressSpaceCacheable, Device, EISAName, Memory32Fixed, Name, Package, Path,
     ResourceTemplate, IO,
 };
 use acpi_tables::Aml;
@@ -38,6 +38,22 @@ const PCI_CONFIG_PORT_LEN: u8 = 8;
 /// `\_SB_.PCxx`, xx the segment number in hex (enough for the 256 segments ECAM allows).
 pub fn root_path(segment: u16) -> String {
     format!("\\_SB_.PC{:02X}", segment & 0xff)
+}
+
+/// Slots on a root bus and INTx pins per device.
+const SLOTS: u8 = 32;
+const PINS: u8 = 4;
+
+/// `_PRT`: for every slot and INTx pin, the IOAPIC GSI it raises (`layout::pci_intx_gsi`).
+fn prt_entries() -> Vec<(u32, u8, u32)> {
+    (0..SLOTS)
+        .flat_map(|slot| {
+            (0..PINS).map(move |pin| {
+                let address = (u32::from(slot) << 16) | 0xffff;
+                (address, pin, crate::layout::pci_intx_gsi(slot, pin))
+            })
+        })
+        .collect()
 }
 
 /// Serialises the host bridge device for `root`.
@@ -76,6 +92,13 @@ pub fn pci_root_aml(root: &PciRootDescription, sink: &mut Vec<u8>) {
     let seg = root.segment;
     let bbn = 0u8;
     let cca = 1u8; // DMA is cache coherent
+    let zero = 0u8;
+    let prt_data = prt_entries();
+    let prt_rows: Vec<Package> = prt_data
+        .iter()
+        .map(|(address, pin, gsi)| Package::new(vec![address, pin, &zero, gsi]))
+        .collect();
+    let prt = Package::new(prt_rows.iter().map(|p| p as &dyn Aml).collect());
     Device::new(
         Path::new(&root_path(root.segment)),
         vec![
@@ -87,6 +110,7 @@ pub fn pci_root_aml(root: &PciRootDescription, sink: &mut Vec<u8>) {
             &Name::new(Path::new("_BBN"), &bbn),
             &Name::new(Path::new("_CCA"), &cca),
             &Name::new(Path::new("_CRS"), &crs),
+            &Name::new(Path::new("_PRT"), &prt),
         ],
     )
     .to_aml_bytes(sink);
@@ -185,6 +209,18 @@ mod tests {
     }
 
     #[test]
+    fn prt_routes_every_slot_and_pin_to_pins_16_to_23() {
+        let prt = prt_entries();
+        assert_eq!(prt.len(), 128);
+        assert_eq!(prt[0], (0x0000_ffff, 0, 16));
+        assert_eq!(prt[3 * 4 + 1], (0x0003_ffff, 1, 20));
+        assert!(prt.iter().all(|&(_, _, gsi)| (16..24).contains(&gsi)));
+        let mut aml = Vec::new();
+        pci_root_aml(&root(0), &mut aml);
+        assert!(find(&aml, b"_PRT").is_some());
+    }
+
+    #[test]
     fn ecam_is_reserved_but_not_a_bridge_window() {
         // Memory32Fixed descriptor (0x86, length 9) at the ECAM base.
         let ecam_desc = [0x86, 0x09, 0x00, 0x00, 0x00, 0x00, 0x10, 0xE8];
@@ -208,5 +244,16 @@ mod tests {
         );
         assert!(find(&cfg.extra_dsdt_aml, b"MBRD").is_some());
         assert!(find(&cfg.extra_dsdt_aml, b"PC02").is_some());
+    }
+
+    #[test]
+    fn ninety_six_roots_still_fit_below_1mib() {
+        use vm_memory::{GuestAddress, GuestMemoryMmap};
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        let mut cfg = AcpiConfig::new(254);
+        let roots: Vec<PciRootDescription> = (0..96).map(root).collect();
+        cfg.add_pci_roots(&roots);
+        let rsdp = crate::acpi::create_acpi_tables(&mem, &cfg).unwrap();
+        assert_eq!(rsdp, GuestAddress(crate::layout::RSDP_START));
     }
 }

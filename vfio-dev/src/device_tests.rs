@@ -1,0 +1,316 @@
+//! Tests of [`super::VfioPciDevice`]: BARs, config-space virtualization, mapping plan and the
+//! GPUDirect clique capability, against the fake device.
+
+use std::sync::Arc;
+
+use pci::bar::{BarIndex, BarKind, BarMove, BarSpec};
+use pci::capability::{Capabilities, Capability};
+
+use super::*;
+use crate::fake::{gpu_like, nvme_like, open, Call, FakeBuilder, FakeRouter};
+
+fn bar(n: u8) -> BarIndex {
+    BarIndex::new(n).unwrap()
+}
+
+fn read8(dev: &VfioPciDevice, offset: usize) -> u8 {
+    dev.read_config(offset / 4).to_le_bytes()[offset % 4]
+}
+
+/// The 256 bytes the guest sees.
+fn guest_image(dev: &VfioPciDevice) -> Vec<u8> {
+    (0..64)
+        .flat_map(|r| dev.read_config(r).to_le_bytes())
+        .collect()
+}
+
+fn config_writes(calls: &[Call]) -> Vec<(u64, Vec<u8>)> {
+    calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::RegionWrite {
+                index: region::CONFIG,
+                offset,
+                data,
+            } => Some((*offset, data.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn try_open(builder: FakeBuilder, clique: Option<u8>) -> Result<VfioPciDevice, DeviceError> {
+    VfioPciDevice::new(
+        "vfio test".into(),
+        Arc::new(builder.build()),
+        Arc::new(FakeRouter::default()),
+        None,
+        clique,
+    )
+}
+
+#[test]
+fn bars_are_sized_from_the_device() {
+    let (fake, _, dev) = open(gpu_like(), None);
+    assert_eq!(
+        dev.bars(),
+        [
+            BarSpec::new(bar(0), 16 << 20, BarKind::Mem32),
+            BarSpec::new(bar(1), 256 << 20, BarKind::Mem64).prefetchable(),
+            BarSpec::new(bar(3), 32 << 20, BarKind::Mem64).prefetchable(),
+            BarSpec::new(bar(5), 128, BarKind::Io),
+            BarSpec::rom(512 << 10),
+        ]
+    );
+    assert_eq!(fake.take_calls()[0], Call::Reset);
+}
+
+#[test]
+fn sizing_probe_restores_the_host_bar_registers() {
+    let (fake, _, _dev) = open(gpu_like(), None);
+    assert_eq!(fake.config_u32(0x10), 0x8000_0000);
+    assert_eq!(fake.config_u32(0x14), 0x8000_000c);
+    assert_eq!(fake.config_u32(0x18), 0x40);
+    assert_eq!(fake.config_u32(0x24), 0x8000_0001);
+    assert_eq!(fake.config_u32(0x30), 0xfe00_0000);
+}
+
+#[test]
+fn guest_bar_probe_is_answered_from_the_shadow_and_never_reaches_the_device() {
+    let (fake, _, mut dev) = open(nvme_like(), None);
+    dev.set_bar_address(bar(0), 0x1_2000_0000).unwrap();
+    assert_eq!(dev.read_config(4), 0x2000_0004);
+    assert_eq!(dev.read_config(5), 0x1);
+    fake.take_calls();
+    dev.write_config(4, 0, &[0xff; 4]);
+    dev.write_config(5, 0, &[0xff; 4]);
+    assert_eq!(dev.read_config(4), 0xffff_c004);
+    assert_eq!(dev.read_config(5), 0xffff_ffff);
+    assert!(config_writes(&fake.take_calls()).is_empty());
+    // The host register still holds the host address.
+    assert_eq!(fake.config_u32(0x10), 0x8000_0004);
+}
+
+#[test]
+fn guest_moving_a_bar_is_reported() {
+    let (_, _, mut dev) = open(nvme_like(), None);
+    dev.set_bar_address(bar(0), 0x1_2000_0000).unwrap();
+    assert!(dev
+        .write_config(4, 0, &0xe000_0000u32.to_le_bytes())
+        .is_empty());
+    let effect = dev.write_config(5, 0, &[0; 4]);
+    assert_eq!(
+        effect.bar_moves,
+        [BarMove {
+            index: bar(0),
+            kind: BarKind::Mem64,
+            old: 0x1_2000_0000,
+            new: 0xe000_0000,
+            size: 0x4000,
+        }]
+    );
+}
+
+#[test]
+fn header_multifunction_bit_is_hidden() {
+    let (fake, _, dev) = open(nvme_like(), None);
+    assert_eq!(fake.config_u32(0x0c) >> 16 & 0xff, 0x80);
+    assert_eq!(read8(&dev, 0x0e), 0x00);
+}
+
+#[test]
+fn identity_and_command_pass_through_to_the_device() {
+    let (fake, _, mut dev) = open(nvme_like(), None);
+    assert_eq!(dev.read_config(0), 0x0010_1b36);
+    assert_eq!(dev.read_config(2) >> 8, 0x01_08_02);
+    fake.take_calls();
+    dev.write_config(1, 0, &[0x06, 0x00]);
+    assert_eq!(config_writes(&fake.take_calls()), [(4, vec![0x06, 0x00])]);
+    assert_eq!(fake.config_u32(0x04) & 0xffff, 0x0006);
+}
+
+#[test]
+fn malformed_config_writes_are_dropped() {
+    let (fake, _, mut dev) = open(nvme_like(), None);
+    fake.take_calls();
+    dev.write_config(1, 0, &[1, 2, 3]);
+    dev.write_config(1, 3, &[1, 2]);
+    dev.write_config(1024, 0, &[1]);
+    assert!(fake.take_calls().is_empty());
+    assert_eq!(dev.read_config(1024), u32::MAX);
+}
+
+#[test]
+fn interrupt_pin_comes_from_the_device_and_line_is_the_gsi() {
+    let (fake, _, mut dev) = open(nvme_like(), None);
+    assert_eq!((read8(&dev, 0x3c), read8(&dev, 0x3d)), (5, 1));
+    fake.take_calls();
+    dev.write_config(15, 0, &[0x0b, 0x02]);
+    assert_eq!((read8(&dev, 0x3c), read8(&dev, 0x3d)), (0x0b, 1));
+    assert!(fake.take_calls().is_empty());
+    // Without an INTx GSI the guest sees no pin.
+    let dev = try_open(nvme_like(), None).unwrap();
+    assert_eq!(read8(&dev, 0x3d), 0);
+}
+
+#[test]
+fn msix_capability_reads_come_from_the_model() {
+    let (_, _, dev) = open(nvme_like(), None);
+    // id 0x11, next 0x60, Table Size 33 - 1, disabled.
+    assert_eq!(dev.read_config(0x50 / 4), 0x0020_6011);
+    assert_eq!(dev.read_config(0x54 / 4), 0x2000);
+    assert_eq!(dev.read_config(0x58 / 4), 0x3000);
+}
+
+#[test]
+fn rom_is_readable_and_read_only() {
+    let (fake, _, mut dev) = open(gpu_like(), None);
+    fake.region_write(region::ROM, 0, &[0x55, 0xaa]);
+    fake.take_calls();
+    let mut sig = [0; 2];
+    dev.read_bar(BarIndex::ROM, 0, &mut sig);
+    assert_eq!(sig, [0x55, 0xaa]);
+    dev.write_bar(BarIndex::ROM, 0, &[0, 0]);
+    assert!(fake.take_calls().is_empty());
+    let mut beyond = [0; 4];
+    dev.read_bar(BarIndex::ROM, 512 << 10, &mut beyond);
+    assert_eq!(beyond, [0xff; 4]);
+}
+
+#[test]
+fn bar_accesses_outside_msix_reach_the_device_region() {
+    let (fake, _, mut dev) = open(nvme_like(), None);
+    fake.take_calls();
+    dev.write_bar(bar(0), 0x14, &0x0046_0001u32.to_le_bytes());
+    assert_eq!(
+        fake.take_calls(),
+        [Call::RegionWrite {
+            index: 0,
+            offset: 0x14,
+            data: vec![1, 0, 0x46, 0]
+        }]
+    );
+    let mut back = [0; 4];
+    dev.read_bar(bar(0), 0x14, &mut back);
+    assert_eq!(u32::from_le_bytes(back), 0x0046_0001);
+}
+
+#[test]
+fn mmap_plan_carves_msix_pages_and_skips_io_and_rom() {
+    let (_, _, dev) = open(nvme_like(), None);
+    let areas = dev.mmap_areas();
+    assert_eq!(areas.len(), 1);
+    assert_eq!(
+        (areas[0].bar, areas[0].offset, areas[0].size),
+        (bar(0), 0, 0x2000)
+    );
+    assert_eq!(areas[0].region_offset, 0);
+
+    let (_, _, dev) = open(gpu_like(), None);
+    let spans: Vec<_> = dev
+        .mmap_areas()
+        .iter()
+        .map(|a| (a.bar.get(), a.offset, a.size, a.region_offset))
+        .collect();
+    assert_eq!(
+        spans,
+        [
+            (0, 0, 16 << 20, 0),
+            (1, 0, 256 << 20, 1 << 40),
+            (3, 0, 32 << 20, 3 << 40)
+        ]
+    );
+}
+
+#[test]
+fn resizable_bar_extended_capability_is_hidden_but_the_list_still_walks() {
+    let (_, _, dev) = open(nvme_like(), None);
+    assert_eq!(dev.read_config(0x100 / 4), 0x1482_0001);
+    // Id 0 (null capability), version and next kept.
+    assert_eq!(dev.read_config(0x148 / 4), 0x0001_0000);
+}
+
+#[test]
+fn clique_capability_is_placed_at_d4_and_linked_last() {
+    let (fake, _, mut dev) = open(gpu_like(), Some(3));
+    assert_eq!(dev.clique_offset(), Some(0xd4));
+    let image = guest_image(&dev);
+    assert_eq!(
+        image[0xd4..0xdc],
+        [0x09, 0x00, 0x08, 0x50, 0x32, 0x50, 0x18, 0x00]
+    );
+    assert_eq!(image[0xb5], 0xd4);
+    let caps: Vec<Capability> = Capabilities::new(&image).collect();
+    assert_eq!(
+        caps.iter().map(|c| (c.offset, c.id)).collect::<Vec<_>>(),
+        [
+            (0x60, 0x01),
+            (0x68, 0x05),
+            (0x78, 0x10),
+            (0xb4, 0x09),
+            (0xd4, 0x09)
+        ]
+    );
+    // The capability and the patched link are read-only.
+    fake.take_calls();
+    dev.write_config(0xd4 / 4, 0, &[0xff; 4]);
+    dev.write_config(0xb4 / 4, 1, &[0x00]);
+    assert!(config_writes(&fake.take_calls()).is_empty());
+    assert_eq!(read8(&dev, 0xb5), 0xd4);
+}
+
+#[test]
+fn clique_falls_back_to_c8_when_d4_is_taken() {
+    let builder = gpu_like().cap(0xd0, 0x09, &[0x08]);
+    let dev = try_open(builder, Some(1)).unwrap();
+    assert_eq!(dev.clique_offset(), Some(0xc8));
+    let image = guest_image(&dev);
+    assert_eq!(image[0xd1], 0xc8);
+    assert_eq!(
+        image[0xc8..0xd0],
+        [0x09, 0x00, 0x08, 0x50, 0x32, 0x50, 0x08, 0x00]
+    );
+}
+
+#[test]
+fn clique_without_room_is_an_error() {
+    let builder = nvme_like()
+        .cap(0x48, 0x09, &[0x08])
+        .cap(0xa0, 0x09, &[0x60]);
+    let err = try_open(builder, Some(0)).err().unwrap();
+    assert!(matches!(err, DeviceError::NoRoomForClique { .. }));
+    assert!(err.to_string().starts_with("vfio test: no room"));
+}
+
+#[test]
+fn clique_id_above_15_is_rejected() {
+    let err = try_open(gpu_like(), Some(16)).err().unwrap();
+    assert!(matches!(
+        err,
+        DeviceError::CliqueOutOfRange { clique: 16, .. }
+    ));
+    assert!(err.to_string().contains("vfio test"));
+}
+
+#[test]
+fn clique_creates_a_capability_list_when_the_device_has_none() {
+    let builder = FakeBuilder::new(0x10de, 0x1234, [0x03, 0x02, 0x00], 256).bar(
+        0,
+        0x1000,
+        (false, false, false),
+        crate::fake::MMAP_RW,
+    );
+    let dev = try_open(builder, Some(2)).unwrap();
+    let image = guest_image(&dev);
+    assert_eq!(image[0x06] & 0x10, 0x10);
+    assert_eq!(image[0x34], 0xd4);
+    let caps: Vec<Capability> = Capabilities::new(&image).collect();
+    assert_eq!(
+        caps,
+        [Capability {
+            offset: 0xd4,
+            id: 0x09
+        }]
+    );
+    // A conventional device's extended space reads all-ones.
+    assert_eq!(dev.read_config(0x100 / 4), u32::MAX);
+}

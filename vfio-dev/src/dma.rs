@@ -1,0 +1,483 @@
+//! DMA-mapping guest RAM into the VFIO container, so that passed-through devices can reach it:
+//! IOVA = guest physical address, read/write, one `VFIO_IOMMU_MAP_DMA` per contiguous region,
+//! before the guest runs.
+//!
+//! The type1 IOMMU pins every mapped page and charges it to RLIMIT_MEMLOCK, so the limit is
+//! checked (and raised when the hard limit allows) before anything is mapped. Where the kernel
+//! reports the IOVA ranges its IOMMU can translate (`VFIO_IOMMU_GET_INFO`), RAM outside them is
+//! refused with the range named, instead of an EINVAL from the map.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::ioctl::ioctl_with_mut_ptr;
+use vmm_sys_util::ioctl_io_nr;
+
+use crate::container::VfioHost;
+use crate::error::{describe_errno, human, VfioError};
+
+/// Locked memory allowed beyond guest RAM, for whatever else of the process is locked.
+pub const MEMLOCK_MARGIN: u64 = 64 << 20;
+
+/// `VFIO_TYPE` (`';'`), the ioctl type of VFIO.
+const VFIO_TYPE: u32 = 0x3b;
+/// `VFIO_BASE`, the first VFIO ioctl number.
+const VFIO_BASE: u32 = 100;
+ioctl_io_nr!(VFIO_IOMMU_GET_INFO, VFIO_TYPE, VFIO_BASE + 12);
+/// `VFIO_IOMMU_INFO_PGSIZES`: `iova_pgsizes` is valid.
+const INFO_PGSIZES: u32 = 1 << 0;
+/// `VFIO_IOMMU_INFO_CAPS`: `cap_offset` is valid.
+const INFO_CAPS: u32 = 1 << 1;
+/// `VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE`.
+const CAP_IOVA_RANGE: u16 = 1;
+/// Size of `struct vfio_iommu_type1_info`.
+const INFO_SIZE: usize = 24;
+/// Capability chains longer than this are treated as corrupt.
+const MAX_CAPS: usize = 64;
+
+/// One contiguous region of guest RAM and where it is mapped in this process.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestRamRegion {
+    /// Guest physical address of its first byte; also its IOVA.
+    pub gpa: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// Host virtual address of its first byte.
+    pub host_addr: *mut u8,
+}
+
+// SAFETY: a `GuestRamRegion` only describes where guest RAM is; nothing dereferences
+// `host_addr` except the kernel, under the contract of `VfioHost::map_guest_memory`. Moving or
+// sharing the description between threads creates no access to the memory.
+unsafe impl Send for GuestRamRegion {}
+// SAFETY: as for `Send`: the type is an immutable description of an address range.
+unsafe impl Sync for GuestRamRegion {}
+
+/// A region currently mapped in the container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DmaMapping {
+    pub(crate) iova: u64,
+    pub(crate) size: u64,
+}
+
+/// What a mapping or unmapping pass did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaStats {
+    /// Bytes mapped (or unmapped).
+    pub bytes: u64,
+    /// Time taken, pinning included.
+    pub elapsed: Duration,
+}
+
+impl DmaStats {
+    /// Time per GiB (zero when nothing was mapped).
+    pub fn per_gib(&self) -> Duration {
+        if self.bytes == 0 {
+            return Duration::ZERO;
+        }
+        self.elapsed
+            .mul_f64((1u64 << 30) as f64 / self.bytes as f64)
+    }
+}
+
+/// An inclusive range of IOVAs the host IOMMU can map, as `VFIO_IOMMU_GET_INFO` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IovaRange {
+    /// First valid IOVA.
+    pub start: u64,
+    /// Last valid IOVA (inclusive).
+    pub end: u64,
+}
+
+/// What the container's IOMMU reports about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IommuInfo {
+    /// Bitmap of supported IOMMU page sizes (0: not reported).
+    pub page_sizes: u64,
+    /// IOVA ranges that may be mapped (`None`: not reported, e.g. a kernel before 5.4).
+    pub iova_ranges: Option<Vec<IovaRange>>,
+}
+
+fn read_u16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn read_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn read_u64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_ne_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// Parses the buffer `VFIO_IOMMU_GET_INFO` filled: `struct vfio_iommu_type1_info` and its
+/// capability chain. Malformed chains end the walk; nothing here trusts an offset.
+pub fn parse_iommu_info(buf: &[u8]) -> IommuInfo {
+    let mut info = IommuInfo::default();
+    let flags = read_u32(buf, 4).unwrap_or(0);
+    if flags & INFO_PGSIZES != 0 {
+        info.page_sizes = read_u64(buf, 8).unwrap_or(0);
+    }
+    if flags & INFO_CAPS == 0 {
+        return info;
+    }
+    let mut off = read_u32(buf, 16).unwrap_or(0) as usize;
+    for _ in 0..MAX_CAPS {
+        if off < INFO_SIZE {
+            break;
+        }
+        let (Some(id), Some(next)) = (read_u16(buf, off), read_u32(buf, off + 4)) else {
+            break;
+        };
+        if id == CAP_IOVA_RANGE {
+            let count = read_u32(buf, off + 8).unwrap_or(0) as usize;
+            let ranges: Option<Vec<IovaRange>> = (0..count)
+                .map(|i| {
+                    let at = off + 16 + i * 16;
+                    Some(IovaRange {
+                        start: read_u64(buf, at)?,
+                        end: read_u64(buf, at + 8)?,
+                    })
+                })
+                .collect();
+            if let Some(ranges) = ranges {
+                info.iova_ranges = Some(ranges);
+            }
+        }
+        let next = next as usize;
+        if next <= off {
+            break;
+        }
+        off = next;
+    }
+    info
+}
+
+/// Queries the container's IOMMU page sizes and valid IOVA ranges.
+fn query_iommu_info(container: &impl AsRawFd) -> io::Result<IommuInfo> {
+    // u64 storage keeps the buffer aligned for the kernel's struct.
+    let mut buf = vec![0u64; INFO_SIZE / 8];
+    let mut argsz = INFO_SIZE as u32;
+    // Twice at most: the first answer says how much room the capabilities need.
+    for _ in 0..2 {
+        let mut head = [0u8; 8];
+        head[..4].copy_from_slice(&argsz.to_ne_bytes()); // argsz, then flags = 0
+        buf[0] = u64::from_ne_bytes(head);
+        // SAFETY: `buf` is at least `argsz` bytes long, writable and 8-byte aligned; the kernel
+        // writes at most `argsz` bytes into it. The fd is a VFIO container.
+        let ret = unsafe { ioctl_with_mut_ptr(container, VFIO_IOMMU_GET_INFO(), buf.as_mut_ptr()) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let bytes: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let wanted = read_u32(&bytes, 0).unwrap_or(argsz);
+        if wanted <= argsz {
+            return Ok(parse_iommu_info(&bytes));
+        }
+        // The capabilities do not fit: the kernel said how much room they need.
+        argsz = wanted;
+        buf = vec![0u64; (wanted as usize).div_ceil(8)];
+    }
+    Err(io::Error::other(
+        "VFIO_IOMMU_GET_INFO kept asking for a larger buffer",
+    ))
+}
+
+fn format_ranges(ranges: &[IovaRange]) -> String {
+    let parts: Vec<String> = ranges
+        .iter()
+        .map(|r| format!("{:#x}..={:#x}", r.start, r.end))
+        .collect();
+    parts.join(", ")
+}
+
+/// Checks that every region lies within one valid IOVA range and is aligned to the IOMMU's
+/// smallest page size (when the kernel reported them).
+pub fn check_regions(regions: &[GuestRamRegion], info: &IommuInfo) -> Result<(), VfioError> {
+    let page = info.page_sizes & info.page_sizes.wrapping_neg();
+    for r in regions {
+        if r.size == 0 {
+            continue;
+        }
+        let misaligned = |v: u64| page != 0 && !v.is_multiple_of(page);
+        if misaligned(r.gpa) || misaligned(r.size) || misaligned(r.host_addr as u64) {
+            return Err(VfioError::Misaligned {
+                gpa: r.gpa,
+                size: r.size,
+                host_addr: r.host_addr as usize,
+                page,
+            });
+        }
+        if let Some(ranges) = &info.iova_ranges {
+            let last = r.gpa.saturating_add(r.size - 1);
+            if !ranges.iter().any(|v| v.start <= r.gpa && last <= v.end) {
+                return Err(VfioError::IovaOutOfRange {
+                    gpa: r.gpa,
+                    size: r.size,
+                    ranges: format_ranges(ranges),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What to do about RLIMIT_MEMLOCK before pinning `need` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemlockPlan {
+    /// The soft limit already allows it.
+    Enough,
+    /// Raise the soft limit to this; the hard limit allows it.
+    RaiseSoft(u64),
+    /// Raise both limits to this, which only a privileged process (CAP_SYS_RESOURCE) can do.
+    RaiseHard(u64),
+}
+
+/// Decides how to get RLIMIT_MEMLOCK to `need` bytes from limits `soft` and `hard`
+/// (`libc::RLIM_INFINITY` for unlimited).
+pub fn memlock_plan(soft: u64, hard: u64, need: u64) -> MemlockPlan {
+    if soft == libc::RLIM_INFINITY || soft >= need {
+        MemlockPlan::Enough
+    } else if hard == libc::RLIM_INFINITY || hard >= need {
+        MemlockPlan::RaiseSoft(need)
+    } else {
+        MemlockPlan::RaiseHard(need)
+    }
+}
+
+/// Whether the `CapEff:` line of a `/proc/<pid>/status` text has capability `bit`.
+pub fn status_has_capability(status: &str, bit: u32) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1u64 << bit) != 0)
+}
+
+/// `CAP_IPC_LOCK`: exempts the process from RLIMIT_MEMLOCK for VFIO pinning.
+const CAP_IPC_LOCK: u32 = 14;
+
+fn has_cap_ipc_lock() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| status_has_capability(&s, CAP_IPC_LOCK))
+}
+
+fn set_memlock(soft: u64, hard: u64) -> io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `lim` is a valid rlimit that outlives the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes sure this process may pin `ram` bytes (plus [`MEMLOCK_MARGIN`]).
+fn ensure_memlock(ram: u64) -> Result<(), VfioError> {
+    let need = ram.saturating_add(MEMLOCK_MARGIN);
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        log::warn!("VFIO: cannot read RLIMIT_MEMLOCK; mapping guest RAM anyway");
+        return Ok(());
+    }
+    let (soft, hard) = (lim.rlim_cur, lim.rlim_max);
+    let result = match memlock_plan(soft, hard, need) {
+        MemlockPlan::Enough => return Ok(()),
+        MemlockPlan::RaiseSoft(to) => set_memlock(to, hard),
+        MemlockPlan::RaiseHard(to) => set_memlock(to, to),
+    };
+    match result {
+        Ok(()) => {
+            log::info!(
+                "VFIO: raised RLIMIT_MEMLOCK from {} to {}",
+                human(soft),
+                human(need)
+            );
+            Ok(())
+        }
+        Err(_) if has_cap_ipc_lock() => Ok(()),
+        Err(e) => Err(VfioError::Memlock {
+            current: soft,
+            need,
+            ram,
+            detail: format!(
+                "the hard limit is {}; setrlimit: {}",
+                if hard == libc::RLIM_INFINITY {
+                    "unlimited".to_string()
+                } else {
+                    human(hard)
+                },
+                e.raw_os_error()
+                    .map_or_else(|| e.to_string(), describe_errno)
+            ),
+        }),
+    }
+}
+
+/// A sentence for a `VFIO_IOMMU_MAP_DMA` errno.
+fn map_errno_detail(errno: i32) -> String {
+    match errno {
+        libc::ENOMEM => "the kernel could not pin the pages: RLIMIT_MEMLOCK is too low for \
+                         everything this process has pinned, or the host is out of memory"
+            .to_string(),
+        libc::EINVAL => "the host IOMMU refused the range (beyond its address width, or \
+                         misaligned)"
+            .to_string(),
+        libc::EEXIST => "the range is already mapped".to_string(),
+        libc::ENOSPC => "too many DMA mappings for vfio_iommu_type1 (its dma_entry_limit \
+                         module parameter)"
+            .to_string(),
+        libc::EFAULT => "the host address range is not mapped in this process".to_string(),
+        e => describe_errno(e),
+    }
+}
+
+fn dma_error(op: &'static str, gpa: u64, size: u64, e: vfio_ioctls::VfioError) -> VfioError {
+    use vfio_ioctls::VfioError as E;
+    let detail = match e {
+        E::IommuDmaMap(err) => map_errno_detail(err.errno()),
+        E::IommuDmaUnmap(err) => describe_errno(err.errno()),
+        E::InvalidDmaUnmapSize => "the kernel unmapped a different size".to_string(),
+        other => other.to_string(),
+    };
+    VfioError::Dma {
+        op,
+        gpa,
+        size,
+        detail,
+    }
+}
+
+impl VfioHost {
+    /// Maps guest RAM for device DMA, IOVA = GPA, read/write: one `VFIO_IOMMU_MAP_DMA` per
+    /// region. Call after every device is opened and before the guest runs. Checks
+    /// RLIMIT_MEMLOCK (raising it when the hard limit allows) and the IOMMU's valid IOVA ranges
+    /// first. On failure nothing mapped by this call stays mapped.
+    ///
+    /// # Safety
+    /// Each region's `host_addr..host_addr + size` must be memory of this process that stays
+    /// mapped until [`Self::unmap_guest_memory`] (or drop) and that Rust code accesses only
+    /// through raw pointers or volatile accesses (as `vm-memory` does), since devices may read
+    /// and write it at any time.
+    pub unsafe fn map_guest_memory(
+        &self,
+        regions: &[GuestRamRegion],
+    ) -> Result<DmaStats, VfioError> {
+        if self.devices_opened.load(Ordering::SeqCst) == 0 {
+            return Err(VfioError::NoDevice);
+        }
+        match query_iommu_info(&*self.container) {
+            Ok(info) => {
+                if let Some(r) = &info.iova_ranges {
+                    log::debug!("VFIO: host IOMMU IOVA ranges: {}", format_ranges(r));
+                }
+                check_regions(regions, &info)?;
+            }
+            Err(e) => log::debug!("VFIO: VFIO_IOMMU_GET_INFO failed ({e}); IOVAs not checked"),
+        }
+
+        let mut mappings = self.mappings.lock().unwrap();
+        let already: u64 = mappings.iter().map(|m| m.size).sum();
+        let bytes: u64 = regions.iter().map(|r| r.size).sum();
+        ensure_memlock(already + bytes)?;
+
+        let start = Instant::now();
+        let mut done: Vec<DmaMapping> = Vec::with_capacity(regions.len());
+        for r in regions.iter().filter(|r| r.size != 0) {
+            let size = usize::try_from(r.size).map_err(|_| VfioError::Dma {
+                op: "map",
+                gpa: r.gpa,
+                size: r.size,
+                detail: "the region is larger than the address space".to_string(),
+            })?;
+            // SAFETY: the caller guarantees the region is process memory that stays mapped and
+            // is only accessed through raw pointers until it is unmapped.
+            let res = unsafe { self.container.vfio_dma_map(r.gpa, size, r.host_addr) };
+            if let Err(e) = res {
+                for m in &done {
+                    let _ = self.container.vfio_dma_unmap(m.iova, m.size as usize);
+                }
+                return Err(dma_error("map", r.gpa, r.size, e));
+            }
+            done.push(DmaMapping {
+                iova: r.gpa,
+                size: r.size,
+            });
+        }
+        let stats = DmaStats {
+            bytes,
+            elapsed: start.elapsed(),
+        };
+        mappings.extend(done);
+        log::info!(
+            "VFIO: DMA-mapped {} of guest RAM in {} region(s) in {:?} ({:?} per GiB)",
+            human(bytes),
+            regions.len(),
+            stats.elapsed,
+            stats.per_gib()
+        );
+        Ok(stats)
+    }
+
+    /// Unmaps `regions` (as given to [`Self::map_guest_memory`]; regions that are not mapped are
+    /// skipped). Call after the devices are released and before guest RAM is freed. Every
+    /// mapping is attempted; the first failure is returned.
+    pub fn unmap_guest_memory(&self, regions: &[GuestRamRegion]) -> Result<DmaStats, VfioError> {
+        let mut mappings = self.mappings.lock().unwrap();
+        let (gone, kept): (Vec<DmaMapping>, Vec<DmaMapping>) = mappings
+            .iter()
+            .partition(|m| regions.iter().any(|r| r.gpa == m.iova && r.size == m.size));
+        *mappings = kept;
+        drop(mappings);
+        self.unmap(gone)
+    }
+
+    /// Unmaps every mapping made by [`Self::map_guest_memory`] and not yet unmapped.
+    pub fn unmap_all_guest_memory(&self) -> Result<DmaStats, VfioError> {
+        let all = std::mem::take(&mut *self.mappings.lock().unwrap());
+        self.unmap(all)
+    }
+
+    fn unmap(&self, mappings: Vec<DmaMapping>) -> Result<DmaStats, VfioError> {
+        let start = Instant::now();
+        let mut bytes = 0;
+        let mut first_err = None;
+        for m in mappings {
+            match self.container.vfio_dma_unmap(m.iova, m.size as usize) {
+                Ok(()) => bytes += m.size,
+                Err(e) => {
+                    first_err.get_or_insert(dma_error("unmap", m.iova, m.size, e));
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(DmaStats {
+                bytes,
+                elapsed: start.elapsed(),
+            }),
+        }
+    }
+}
+
+impl Drop for VfioHost {
+    fn drop(&mut self) {
+        // Devices may still hold the container (vfio-ioctls keeps an Arc in each): unmap here so
+        // guest RAM can be freed after this.
+        if let Err(e) = self.unmap_all_guest_memory() {
+            log::warn!("VFIO: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "dma_tests.rs"]
+mod tests;

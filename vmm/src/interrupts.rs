@@ -1,0 +1,240 @@
+//! KVM GSI routing for the whole VM: the in-kernel irqchip's default routes (GSI 0–15 to the PIC
+//! and IOAPIC, 16–23 to the IOAPIC) plus one MSI route per passthrough vector. KVM replaces the
+//! whole table on every `KVM_SET_GSI_ROUTING`, so the table lives here and is committed whole.
+//! [`GsiRouter`] is what passthrough devices use (the `vfio_dev::routing::InterruptRouter`
+//! trait): routes, irqfds and level-triggered irqfds with resample.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{
+    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+};
+use kvm_ioctls::VmFd;
+use vfio_dev::routing::{Gsi, InterruptRouter, RoutingError};
+use vmm_sys_util::eventfd::EventFd;
+
+/// IOAPIC pins of the in-kernel irqchip; GSIs below this are its pins.
+pub const IOAPIC_PINS: u32 = 24;
+/// First GSI handed out for MSI routes.
+pub const FIRST_MSI_GSI: u32 = IOAPIC_PINS;
+/// One past the last GSI KVM accepts on x86 (KVM_MAX_IRQ_ROUTES).
+pub const GSI_LIMIT: u32 = 4096;
+
+/// The routing table as data: pure, so its contents are unit-tested.
+#[derive(Default)]
+pub struct RoutingTable {
+    msi: BTreeMap<u32, (u64, u32)>,
+    allocated: BTreeSet<u32>,
+}
+
+fn irqchip_entry(gsi: u32, chip: u32, pin: u32) -> kvm_irq_routing_entry {
+    let mut e = kvm_irq_routing_entry {
+        gsi,
+        type_: KVM_IRQ_ROUTING_IRQCHIP,
+        ..Default::default()
+    };
+    e.u.irqchip.irqchip = chip;
+    e.u.irqchip.pin = pin;
+    e
+}
+
+impl RoutingTable {
+    /// Lowest free MSI GSI, or `None` when all are taken.
+    pub fn allocate(&mut self) -> Option<u32> {
+        let gsi = (FIRST_MSI_GSI..GSI_LIMIT).find(|g| !self.allocated.contains(g))?;
+        self.allocated.insert(gsi);
+        Some(gsi)
+    }
+
+    /// Returns `gsi` to the pool and drops its route.
+    pub fn free(&mut self, gsi: u32) {
+        self.allocated.remove(&gsi);
+        self.msi.remove(&gsi);
+    }
+
+    /// Sets `gsi`'s MSI message.
+    pub fn set_msi(&mut self, gsi: u32, address: u64, data: u32) {
+        self.msi.insert(gsi, (address, data));
+    }
+
+    /// Drops `gsi`'s MSI route (the GSI stays allocated).
+    pub fn remove(&mut self, gsi: u32) {
+        self.msi.remove(&gsi);
+    }
+
+    /// Every route KVM must have: the irqchip defaults, then the MSI routes.
+    pub fn entries(&self) -> Vec<kvm_irq_routing_entry> {
+        let mut entries = Vec::with_capacity(40 + self.msi.len());
+        for gsi in 0..IOAPIC_PINS {
+            if gsi < 16 {
+                let chip = if gsi < 8 {
+                    KVM_IRQCHIP_PIC_MASTER
+                } else {
+                    KVM_IRQCHIP_PIC_SLAVE
+                };
+                entries.push(irqchip_entry(gsi, chip, gsi % 8));
+            }
+            entries.push(irqchip_entry(gsi, KVM_IRQCHIP_IOAPIC, gsi));
+        }
+        for (&gsi, &(address, data)) in &self.msi {
+            let mut e = kvm_irq_routing_entry {
+                gsi,
+                type_: KVM_IRQ_ROUTING_MSI,
+                ..Default::default()
+            };
+            e.u.msi.address_lo = address as u32;
+            e.u.msi.address_hi = (address >> 32) as u32;
+            e.u.msi.data = data;
+            entries.push(e);
+        }
+        entries
+    }
+}
+
+/// KVM-backed [`InterruptRouter`].
+pub struct GsiRouter {
+    vm: Arc<VmFd>,
+    table: Mutex<RoutingTable>,
+}
+
+fn routing_error(what: impl Into<String>, e: impl std::fmt::Display) -> RoutingError {
+    RoutingError {
+        what: what.into(),
+        detail: e.to_string(),
+    }
+}
+
+impl GsiRouter {
+    /// A router over `vm`'s routing table.
+    pub fn new(vm: Arc<VmFd>) -> Self {
+        Self {
+            vm,
+            table: Mutex::new(RoutingTable::default()),
+        }
+    }
+
+    fn commit(&self, table: &RoutingTable) -> Result<(), RoutingError> {
+        let entries = table.entries();
+        let routing = KvmIrqRouting::from_entries(&entries)
+            .map_err(|e| routing_error("building the GSI routing table", format!("{e:?}")))?;
+        self.vm
+            .set_gsi_routing(&routing)
+            .map_err(|e| routing_error("KVM_SET_GSI_ROUTING", e))
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, RoutingTable> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl InterruptRouter for GsiRouter {
+    fn allocate_gsi(&self) -> Result<Gsi, RoutingError> {
+        self.table().allocate().map(Gsi).ok_or_else(|| {
+            routing_error(
+                "allocating a GSI",
+                format!("all {GSI_LIMIT} GSIs are in use"),
+            )
+        })
+    }
+
+    fn free_gsi(&self, gsi: Gsi) {
+        let mut table = self.table();
+        table.free(gsi.0);
+        if let Err(e) = self.commit(&table) {
+            log::warn!("freeing GSI {}: {e}", gsi.0);
+        }
+    }
+
+    fn set_msi_route(&self, gsi: Gsi, address: u64, data: u32) -> Result<(), RoutingError> {
+        let mut table = self.table();
+        table.set_msi(gsi.0, address, data);
+        self.commit(&table)
+    }
+
+    fn remove_route(&self, gsi: Gsi) -> Result<(), RoutingError> {
+        let mut table = self.table();
+        table.remove(gsi.0);
+        self.commit(&table)
+    }
+
+    fn attach_irqfd(&self, event: &EventFd, gsi: Gsi) -> Result<(), RoutingError> {
+        self.vm
+            .register_irqfd(event, gsi.0)
+            .map_err(|e| routing_error(format!("KVM_IRQFD assign (GSI {})", gsi.0), e))
+    }
+
+    fn detach_irqfd(&self, event: &EventFd, gsi: Gsi) -> Result<(), RoutingError> {
+        self.vm
+            .unregister_irqfd(event, gsi.0)
+            .map_err(|e| routing_error(format!("KVM_IRQFD deassign (GSI {})", gsi.0), e))
+    }
+
+    fn attach_level_irqfd(
+        &self,
+        event: &EventFd,
+        resample: &EventFd,
+        gsi: Gsi,
+    ) -> Result<(), RoutingError> {
+        self.vm
+            .register_irqfd_with_resample(event, resample, gsi.0)
+            .map_err(|e| routing_error(format!("KVM_IRQFD resample assign (GSI {})", gsi.0), e))
+    }
+
+    fn detach_level_irqfd(&self, event: &EventFd, gsi: Gsi) -> Result<(), RoutingError> {
+        self.detach_irqfd(event, gsi)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_routes_cover_pic_and_ioapic() {
+        let t = RoutingTable::default();
+        let e = t.entries();
+        assert_eq!(e.len(), 16 * 2 + 8);
+        // SAFETY (test): irqchip entries carry the irqchip union member.
+        let chips: Vec<(u32, u32, u32)> = e
+            .iter()
+            .map(|r| unsafe { (r.gsi, r.u.irqchip.irqchip, r.u.irqchip.pin) })
+            .collect();
+        assert!(chips.contains(&(9, KVM_IRQCHIP_PIC_SLAVE, 1)));
+        assert!(chips.contains(&(9, KVM_IRQCHIP_IOAPIC, 9)));
+        assert!(chips.contains(&(23, KVM_IRQCHIP_IOAPIC, 23)));
+        assert!(!chips.contains(&(20, KVM_IRQCHIP_PIC_MASTER, 4)));
+    }
+
+    #[test]
+    fn msi_routes_follow_the_defaults_and_free_gsis_are_reused() {
+        let mut t = RoutingTable::default();
+        let a = t.allocate().unwrap();
+        let b = t.allocate().unwrap();
+        assert_eq!((a, b), (24, 25));
+        t.set_msi(b, 0x1_fee0_1000, 0x4041);
+        let e = t.entries();
+        let last = e.last().unwrap();
+        assert_eq!((last.gsi, last.type_), (25, KVM_IRQ_ROUTING_MSI));
+        // SAFETY (test): MSI entries carry the msi union member.
+        let msi = unsafe { last.u.msi };
+        assert_eq!(
+            (msi.address_lo, msi.address_hi, msi.data),
+            (0xfee0_1000, 1, 0x4041)
+        );
+        t.free(a);
+        assert_eq!(t.allocate(), Some(24));
+        t.remove(b);
+        assert_eq!(t.entries().len(), 40);
+    }
+
+    #[test]
+    fn gsi_space_is_bounded() {
+        let mut t = RoutingTable::default();
+        for _ in FIRST_MSI_GSI..GSI_LIMIT {
+            assert!(t.allocate().is_some());
+        }
+        assert_eq!(t.allocate(), None);
+    }
+}
