@@ -93,6 +93,33 @@ pub struct Cli {
     )]
     pub pci_segments: Vec<String>,
 
+    /// A host PCI device passed through to the guest with VFIO, one value per device. Takes
+    /// several values and may be repeated; devices are added in command-line order.
+    ///
+    /// Keys: `path` (required) is the device's sysfs directory,
+    /// `/sys/bus/pci/devices/DDDD:BB:DD.F` (list them with `ls /sys/bus/pci/devices`); each
+    /// device may be given once. `pci_segment` is the guest PCI segment the device sits on, below
+    /// `--platform num_pci_segments` (default 0). `x_nv_gpudirect_clique` advertises the NVIDIA
+    /// GPUDirect P2P clique capability, so that the guest driver allows peer-to-peer transfers
+    /// between GPUs of the same clique; it is 0 to 15 because the capability's clique-id field is
+    /// 4 bits wide. `id` names the device in messages and logs (default: its sysfs name) and must
+    /// be unique. The cloud-hypervisor keys fd, iommu, pci_device_id and x_exclude_mmap_bars are
+    /// not supported.
+    ///
+    /// The device must be bound to the vfio-pci driver on the host, together with every other
+    /// device in its IOMMU group (see docs/vfio.md); viaduct checks this when the VM starts.
+    ///
+    /// Example, two GPUs in one P2P clique, the second on segment 1: `--platform
+    /// num_pci_segments=2 --device path=/sys/bus/pci/devices/0000:01:00.0,x_nv_gpudirect_clique=0
+    /// path=/sys/bus/pci/devices/0000:02:00.0,pci_segment=1,x_nv_gpudirect_clique=0,id=gpu1`.
+    #[arg(
+        long = "device",
+        value_name = "path=SYSFS[,pci_segment=K][,x_nv_gpudirect_clique=N][,id=NAME]",
+        num_args = 1..,
+        action = ArgAction::Append
+    )]
+    pub devices: Vec<String>,
+
     /// Log more: none = warnings and errors, -v = info, -vv = debug, -vvv = trace. RUST_LOG, when
     /// set, overrides this (e.g. RUST_LOG=vmm=trace).
     #[arg(short, long, action = ArgAction::Count)]
@@ -118,6 +145,7 @@ mod tests {
         assert_eq!(cli.console, DEFAULT_CONSOLE);
         assert_eq!(cli.platform, DEFAULT_PLATFORM);
         assert!(cli.pci_segments.is_empty());
+        assert!(cli.devices.is_empty());
         assert_eq!(cli.cmdline, None);
         assert_eq!(cli.verbose, 0);
     }
@@ -157,5 +185,31 @@ mod tests {
         );
         assert_eq!(cli.kernel.as_deref(), Some(std::path::Path::new("k")));
         assert_eq!(cli.platform, "num_pci_segments=3");
+    }
+
+    #[test]
+    fn device_takes_several_values_and_repeats() {
+        let cli = Cli::try_parse_from([
+            "viaduct",
+            "--device",
+            "path=/a",
+            "path=/b,id=b",
+            "--kernel",
+            "k",
+            "--device",
+            "path=/c",
+            "--device=path=/d,x_nv_gpudirect_clique=0",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.devices,
+            [
+                "path=/a",
+                "path=/b,id=b",
+                "path=/c",
+                "path=/d,x_nv_gpudirect_clique=0"
+            ]
+        );
+        assert_eq!(cli.kernel.as_deref(), Some(std::path::Path::new("k")));
     }
 }

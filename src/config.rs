@@ -10,8 +10,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use vmm::config::{
-    ConsoleMode, PciConfig, PciSegmentConfig, SerialMode, VmConfig, DEFAULT_APERTURE_WEIGHT,
-    MAX_PCI_SEGMENTS, MAX_VCPUS, MIN_MEMORY_BYTES,
+    ConsoleMode, PassthroughDeviceConfig, PciConfig, PciSegmentConfig, SerialMode, VmConfig,
+    DEFAULT_APERTURE_WEIGHT, MAX_GPUDIRECT_CLIQUE, MAX_PCI_SEGMENTS, MAX_VCPUS, MIN_MEMORY_BYTES,
 };
 
 use crate::cli::Cli;
@@ -80,6 +80,13 @@ const PCI_SEGMENT: OptionSpec = OptionSpec::new(&[
     "mmio32_aperture_weight",
     "mmio64_aperture_weight",
 ]);
+
+/// `--device` keys, and the cloud-hypervisor ones viaduct does not implement.
+const DEVICE: OptionSpec = OptionSpec::new(&["path", "pci_segment", "x_nv_gpudirect_clique", "id"])
+    .unsupported(&["fd", "iommu", "pci_device_id", "x_exclude_mmap_bars"]);
+
+/// Where host PCI devices are listed, for error messages.
+const SYSFS_PCI_DEVICES: &str = "/sys/bus/pci/devices";
 
 /// Default number of boot vCPUs when `--cpus` has no `boot` key.
 const DEFAULT_BOOT_VCPUS: u8 = 1;
@@ -207,6 +214,69 @@ pub enum InvalidValue {
         /// The earlier value for the same segment, made printable.
         first: String,
     },
+    /// A `--device` value without `path=` (or with an empty one).
+    #[error(
+        "path= is required: give the device's sysfs directory, e.g. \
+         path={SYSFS_PCI_DEVICES}/0000:01:00.0 (list devices with `ls {SYSFS_PCI_DEVICES}`)"
+    )]
+    DevicePathMissing,
+    /// The device path does not exist.
+    #[error("no such device: {0}; list devices with `ls {SYSFS_PCI_DEVICES}`")]
+    NoSuchDevice(String),
+    /// `stat` on the device path failed for another reason than "not found".
+    #[error("cannot access the device directory {path}")]
+    DeviceInaccessible {
+        /// The path, made printable.
+        path: String,
+        /// What `stat` said.
+        #[source]
+        source: io::Error,
+    },
+    /// The device path exists but is a file, not a sysfs device directory.
+    #[error(
+        "{path} is not a device directory (it is {kind}); give the device's sysfs directory, \
+         e.g. {SYSFS_PCI_DEVICES}/0000:01:00.0"
+    )]
+    NotADeviceDirectory {
+        /// The path, made printable.
+        path: String,
+        /// What it is instead.
+        kind: &'static str,
+    },
+    /// `x_nv_gpudirect_clique` not a whole number from 0 to [`MAX_GPUDIRECT_CLIQUE`].
+    #[error(
+        "x_nv_gpudirect_clique must be a whole number from 0 to {MAX_GPUDIRECT_CLIQUE}, not \
+         \"{0}\": the clique id is a 4-bit field of the NVIDIA GPUDirect P2P capability"
+    )]
+    GpudirectClique(String),
+    /// `id=` with nothing after it.
+    #[error("id= must not be empty; leave id out to name the device after its sysfs directory")]
+    DeviceIdEmpty,
+    /// `id=` with a control character in it.
+    #[error("id must consist of printable characters")]
+    DeviceIdNotPrintable,
+    /// The same device (after resolving symlinks) given twice.
+    #[error(
+        "device {path} is already passed through by --device {first}{resolved}; give each \
+         device once",
+        resolved = .resolved.as_deref().map(|r| format!(" (both resolve to {r})")).unwrap_or_default()
+    )]
+    DuplicateDevice {
+        /// The path as given, made printable.
+        path: String,
+        /// The earlier `--device` value for the same device, made printable.
+        first: String,
+        /// The common resolved path, when the two paths are spelled differently.
+        resolved: Option<String>,
+    },
+    /// Two `--device` values with the same `id`.
+    #[error("id \"{id}\" is already used by --device {first}; give each device its own id")]
+    DuplicateDeviceId {
+        /// The id, made printable.
+        id: String,
+        /// The earlier `--device` value with this id, made printable.
+        first: String,
+    },
 }
 
 /// Added to [`InvalidValue::DuplicatePciSegment`] when a value relies on the default segment.
@@ -261,16 +331,23 @@ pub fn build(cli: &Cli) -> Result<VmConfig, ConfigError> {
     }
     let cmdline = cli.cmdline.clone().unwrap_or_default();
     check_cmdline(&cmdline)?;
+    let boot_vcpus = parse_cpus(&cli.cpus)?;
+    let memory_bytes = parse_memory(&cli.memory)?;
+    let serial = parse_serial(&cli.serial)?;
+    let console = parse_console(&cli.console)?;
+    let pci = parse_pci(&cli.platform, &cli.pci_segments)?;
+    // After --platform, whichever came first on the command line: pci_segment needs the count.
+    let devices = parse_devices(&cli.devices, pci.segments.len())?;
     Ok(VmConfig {
         kernel: kernel.to_path_buf(),
         initramfs: cli.initramfs.clone(),
         cmdline,
-        boot_vcpus: parse_cpus(&cli.cpus)?,
-        memory_bytes: parse_memory(&cli.memory)?,
-        serial: parse_serial(&cli.serial)?,
-        console: parse_console(&cli.console)?,
-        pci: parse_pci(&cli.platform, &cli.pci_segments)?,
-        devices: Vec::new(),
+        boot_vcpus,
+        memory_bytes,
+        serial,
+        console,
+        pci,
+        devices,
     })
 }
 
@@ -481,6 +558,140 @@ pub fn parse_pci(platform: &str, pci_segments: &[String]) -> Result<PciConfig, C
         segments[index] = parsed.config;
     }
     Ok(PciConfig { segments })
+}
+
+/// One `--device` value, checked on its own; [`parse_devices`] checks it against the others and
+/// against `num_pci_segments`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceValue {
+    /// `path`, as given.
+    pub path: PathBuf,
+    /// `path` with symlinks resolved (or, if that fails, with a trailing `/` and `.` parts
+    /// removed), to recognise the same device given twice.
+    pub resolved: PathBuf,
+    /// `pci_segment` (0 when omitted); not yet checked against `num_pci_segments`.
+    pub segment: u64,
+    /// `x_nv_gpudirect_clique`, 0..=[`MAX_GPUDIRECT_CLIQUE`].
+    pub gpudirect_clique: Option<u8>,
+    /// `id`, non-empty and printable.
+    pub id: Option<String>,
+}
+
+/// Parses one `--device` value on its own: keys, numbers, the id, and that `path` is an existing
+/// directory. Whether it is really a PCI device, which driver holds it and whether its IOMMU
+/// group is usable are the VMM's VFIO layer's checks when the VM starts.
+pub fn parse_device(value: &str) -> Result<DeviceValue, ConfigError> {
+    let invalid = |reason: InvalidValue| ConfigError::invalid("--device", value, reason);
+    let options = DEVICE.parse(value).map_err(|e| invalid(e.into()))?;
+    let path = match options.get("path") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => return Err(invalid(InvalidValue::DevicePathMissing)),
+    };
+    let segment = options
+        .get_int::<u64>("pci_segment")
+        .map_err(|e| invalid(e.into()))?
+        .unwrap_or(DEFAULT_PCI_SEGMENT);
+    let gpudirect_clique = options
+        .get("x_nv_gpudirect_clique")
+        .map(|clique| {
+            clique
+                .parse::<u8>()
+                .ok()
+                .filter(|&n| n <= MAX_GPUDIRECT_CLIQUE)
+                .ok_or_else(|| invalid(InvalidValue::GpudirectClique(printable(clique))))
+        })
+        .transpose()?;
+    let id = options.get("id").map(str::to_string);
+    match id.as_deref() {
+        Some("") => return Err(invalid(InvalidValue::DeviceIdEmpty)),
+        Some(id) if id.chars().any(char::is_control) => {
+            return Err(invalid(InvalidValue::DeviceIdNotPrintable))
+        }
+        _ => {}
+    }
+    let shown = || printable(&path.to_string_lossy());
+    let metadata = fs::metadata(&path).map_err(|e| {
+        invalid(if e.kind() == io::ErrorKind::NotFound {
+            InvalidValue::NoSuchDevice(shown())
+        } else {
+            InvalidValue::DeviceInaccessible {
+                path: shown(),
+                source: e,
+            }
+        })
+    })?;
+    if !metadata.is_dir() {
+        let kind = if metadata.is_file() {
+            "a regular file"
+        } else {
+            file_kind(&metadata)
+        };
+        return Err(invalid(InvalidValue::NotADeviceDirectory {
+            path: shown(),
+            kind,
+        }));
+    }
+    let resolved = fs::canonicalize(&path).unwrap_or_else(|_| path.components().collect());
+    Ok(DeviceValue {
+        path,
+        resolved,
+        segment,
+        gpudirect_clique,
+        id,
+    })
+}
+
+/// Builds the passthrough device list from every `--device` value, in command-line order: each
+/// value must be valid on its own, sit on one of the `num_pci_segments` segments, name a device
+/// no earlier value names and use an id no earlier value uses.
+pub fn parse_devices(
+    values: &[String],
+    num_pci_segments: usize,
+) -> Result<Vec<PassthroughDeviceConfig>, ConfigError> {
+    // `num_pci_segments` comes from a validated PciConfig, so it fits.
+    let count = u16::try_from(num_pci_segments).unwrap_or(u16::MAX);
+    let mut devices = Vec::with_capacity(values.len());
+    // The values accepted so far, with what was parsed from them.
+    let mut seen: Vec<(&str, DeviceValue)> = Vec::with_capacity(values.len());
+    for value in values {
+        let invalid = |reason: InvalidValue| ConfigError::invalid("--device", value, reason);
+        let parsed = parse_device(value)?;
+        let pci_segment = u16::try_from(parsed.segment)
+            .ok()
+            .filter(|&s| s < count)
+            .ok_or_else(|| {
+                invalid(InvalidValue::PciSegmentOutOfRange {
+                    segment: parsed.segment,
+                    count,
+                })
+            })?;
+        if let Some((first, other)) = seen.iter().find(|(_, d)| d.resolved == parsed.resolved) {
+            let spelled = |p: &Path| p.components().collect::<PathBuf>();
+            let resolved = (spelled(&other.path) != spelled(&parsed.path))
+                .then(|| printable(&parsed.resolved.to_string_lossy()));
+            return Err(invalid(InvalidValue::DuplicateDevice {
+                path: printable(&parsed.path.to_string_lossy()),
+                first: printable(first),
+                resolved,
+            }));
+        }
+        if let Some(id) = parsed.id.as_deref() {
+            if let Some((first, _)) = seen.iter().find(|(_, d)| d.id.as_deref() == Some(id)) {
+                return Err(invalid(InvalidValue::DuplicateDeviceId {
+                    id: printable(id),
+                    first: printable(first),
+                }));
+            }
+        }
+        devices.push(PassthroughDeviceConfig {
+            path: parsed.path.clone(),
+            pci_segment,
+            id: parsed.id.clone(),
+            gpudirect_clique: parsed.gpudirect_clique,
+        });
+        seen.push((value, parsed));
+    }
+    Ok(devices)
 }
 
 #[cfg(test)]
@@ -850,5 +1061,323 @@ mod tests {
     fn printable_values() {
         assert_eq!(printable("a\nb"), "a\\nb");
         assert_eq!(printable(&"x".repeat(300)).len(), 203);
+    }
+
+    /// A scratch directory standing in for sysfs: `dev0`, `dev1`, `dev2` are device directories,
+    /// `file` a regular file and `link0` a symlink to `dev0`. Removed on drop.
+    struct FakeSysfs {
+        dir: PathBuf,
+    }
+
+    impl FakeSysfs {
+        fn new() -> Self {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "viaduct-device-test-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&dir);
+            for name in ["dev0", "dev1", "dev2"] {
+                fs::create_dir_all(dir.join(name)).unwrap();
+            }
+            fs::write(dir.join("file"), b"not a device").unwrap();
+            std::os::unix::fs::symlink(dir.join("dev0"), dir.join("link0")).unwrap();
+            Self { dir }
+        }
+
+        /// The path of `name` in the scratch directory, as a string.
+        fn path(&self, name: &str) -> String {
+            self.dir.join(name).display().to_string()
+        }
+    }
+
+    impl Drop for FakeSysfs {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// `parse_devices` over `values`, with `segments` PCI segments.
+    fn devices(
+        values: &[String],
+        segments: usize,
+    ) -> Result<Vec<PassthroughDeviceConfig>, ConfigError> {
+        parse_devices(values, segments)
+    }
+
+    #[test]
+    fn device_minimal_and_full() {
+        let sys = FakeSysfs::new();
+        let dev0 = sys.path("dev0");
+        let parsed = parse_device(&format!("path={dev0}")).unwrap();
+        assert_eq!(parsed.path, PathBuf::from(&dev0));
+        assert_eq!(parsed.resolved, fs::canonicalize(&dev0).unwrap());
+        assert_eq!(parsed.segment, 0);
+        assert_eq!(parsed.gpudirect_clique, None);
+        assert_eq!(parsed.id, None);
+
+        let value = format!("id=gpu0,x_nv_gpudirect_clique=15,pci_segment=2,path={dev0}/");
+        let got = devices(&[value], 3).unwrap();
+        assert_eq!(
+            got,
+            [PassthroughDeviceConfig {
+                path: PathBuf::from(format!("{dev0}/")),
+                pci_segment: 2,
+                id: Some("gpu0".into()),
+                gpudirect_clique: Some(15),
+            }]
+        );
+        // Quotes allow commas in the id; printable non-ASCII is fine.
+        let got = devices(
+            &[format!("path={dev0},id=\"a,b ü\",x_nv_gpudirect_clique=0")],
+            1,
+        )
+        .unwrap();
+        assert_eq!(got[0].id.as_deref(), Some("a,b ü"));
+        assert_eq!(got[0].gpudirect_clique, Some(0));
+    }
+
+    #[test]
+    fn devices_keep_command_line_order() {
+        use clap::Parser;
+        let sys = FakeSysfs::new();
+        let (dev0, dev1, dev2) = (sys.path("dev0"), sys.path("dev1"), sys.path("dev2"));
+        let first = format!("path={dev2},id=c");
+        let second = format!("path={dev0},pci_segment=1,x_nv_gpudirect_clique=3");
+        let third = format!("path={dev1}");
+        let cli = Cli::try_parse_from([
+            "viaduct",
+            "--device",
+            &first,
+            &second,
+            "--platform",
+            "num_pci_segments=2",
+            "--device",
+            &third,
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let pci = parse_pci(&cli.platform, &cli.pci_segments).unwrap();
+        let got = parse_devices(&cli.devices, pci.segments.len()).unwrap();
+        let paths: Vec<_> = got.iter().map(|d| d.path.display().to_string()).collect();
+        assert_eq!(paths, [dev2, dev0, dev1]);
+        assert_eq!(
+            got.iter().map(|d| d.pci_segment).collect::<Vec<_>>(),
+            [0, 1, 0]
+        );
+        assert_eq!(got[0].id.as_deref(), Some("c"));
+        assert_eq!(got[1].gpudirect_clique, Some(3));
+        assert!(devices(&[], 1).unwrap().is_empty());
+    }
+
+    #[test]
+    fn device_path_errors() {
+        let sys = FakeSysfs::new();
+        let missing = sys.path("nope");
+        let file = sys.path("file");
+        for (value, want) in [
+            (
+                "id=gpu0".to_string(),
+                "--device id=gpu0: path= is required: give the device's sysfs directory, e.g. \
+                 path=/sys/bus/pci/devices/0000:01:00.0 (list devices with `ls \
+                 /sys/bus/pci/devices`)"
+                    .to_string(),
+            ),
+            (
+                "path=,id=gpu0".to_string(),
+                "--device path=,id=gpu0: path= is required".to_string(),
+            ),
+            (
+                format!("path={missing}"),
+                format!(
+                    "--device path={missing}: no such device: {missing}; list devices with `ls \
+                     /sys/bus/pci/devices`"
+                ),
+            ),
+            (
+                format!("path={file}"),
+                format!(
+                    "--device path={file}: {file} is not a device directory (it is a regular \
+                     file); give the device's sysfs directory, e.g. \
+                     /sys/bus/pci/devices/0000:01:00.0"
+                ),
+            ),
+            (
+                "path=/dev/null".to_string(),
+                "--device path=/dev/null: /dev/null is not a device directory (it is a character \
+                 device)"
+                    .to_string(),
+            ),
+        ] {
+            let e = devices(std::slice::from_ref(&value), 1).unwrap_err();
+            assert_eq!(e.flag(), "--device");
+            let e = chain(&e);
+            assert!(e.starts_with(&want), "{e}\n{want}");
+        }
+    }
+
+    #[test]
+    fn device_value_errors() {
+        let sys = FakeSysfs::new();
+        let dev0 = sys.path("dev0");
+        let clique = "x_nv_gpudirect_clique must be a whole number from 0 to 15";
+        let four_bits = "the clique id is a 4-bit field of the NVIDIA GPUDirect P2P capability";
+        for (rest, want) in [
+            (
+                "x_nv_gpudirect_clique=16",
+                format!("{clique}, not \"16\": {four_bits}"),
+            ),
+            (
+                "x_nv_gpudirect_clique=255",
+                format!("{clique}, not \"255\""),
+            ),
+            (
+                "x_nv_gpudirect_clique=256",
+                format!("{clique}, not \"256\""),
+            ),
+            ("x_nv_gpudirect_clique=-1", format!("{clique}, not \"-1\"")),
+            ("x_nv_gpudirect_clique=x", format!("{clique}, not \"x\"")),
+            ("x_nv_gpudirect_clique=", format!("{clique}, not \"\"")),
+            (
+                "pci_segment=x",
+                "pci_segment: \"x\" is not a valid integer".to_string(),
+            ),
+            (
+                "pci_segment=1",
+                "PCI segment 1 does not exist: the VM has 1 PCI segment (0); add --platform \
+                 num_pci_segments=2 to create it"
+                    .to_string(),
+            ),
+            (
+                "pci_segment=70000",
+                "PCI segment 70000 does not exist: the VM has 1 PCI segment (0); viaduct \
+                 supports at most 96 segments (0 to 95)"
+                    .to_string(),
+            ),
+            (
+                "id=",
+                "id= must not be empty; leave id out to name the device after its sysfs \
+                 directory"
+                    .to_string(),
+            ),
+            (
+                "id=a\tb",
+                "id must consist of printable characters".to_string(),
+            ),
+            (
+                "iommu=on",
+                "key \"iommu\" is a cloud-hypervisor option that viaduct does not support \
+                 (supported keys: path, pci_segment, x_nv_gpudirect_clique, id)"
+                    .to_string(),
+            ),
+            (
+                "fd=3",
+                "key \"fd\" is a cloud-hypervisor option".to_string(),
+            ),
+            (
+                "pci_device_id=3",
+                "key \"pci_device_id\" is a cloud-hypervisor option".to_string(),
+            ),
+            (
+                "x_exclude_mmap_bars=[0,1]",
+                "key \"x_exclude_mmap_bars\" is a cloud-hypervisor option".to_string(),
+            ),
+            (
+                "bogus=1",
+                "unknown key \"bogus\" (supported keys: path, pci_segment, \
+                 x_nv_gpudirect_clique, id)"
+                    .to_string(),
+            ),
+            (
+                "id=a,id=b",
+                "key \"id\" is given more than once".to_string(),
+            ),
+        ] {
+            let value = format!("path={dev0},{rest}");
+            let e = devices(std::slice::from_ref(&value), 1).unwrap_err();
+            assert_eq!(e.flag(), "--device");
+            let e = chain(&e);
+            let value = printable(&value);
+            assert!(
+                e.starts_with(&format!("--device {value}: {want}")),
+                "{e}\n{want}"
+            );
+        }
+        // Valid clique bounds and the last segment.
+        let ok = [
+            format!("path={dev0},x_nv_gpudirect_clique=0,pci_segment=95"),
+            format!("path={},x_nv_gpudirect_clique=15", sys.path("dev1")),
+        ];
+        assert_eq!(devices(&ok, 96).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn device_given_twice() {
+        let sys = FakeSysfs::new();
+        let (dev0, link0) = (sys.path("dev0"), sys.path("link0"));
+        let canonical = fs::canonicalize(&dev0).unwrap().display().to_string();
+        // The same spelling, a trailing slash, a doubled slash or "/." are the same device.
+        for second in [
+            format!("path={dev0}"),
+            format!("path={dev0}/"),
+            format!("path={dev0}/."),
+            format!("path={}//dev0", sys.dir.display()),
+        ] {
+            let values = [format!("path={dev0},id=a"), second.clone()];
+            let e = chain(&devices(&values, 1).unwrap_err());
+            let path = second.strip_prefix("path=").unwrap();
+            let want = format!(
+                "--device {second}: device {path} is already passed through by --device \
+                 path={dev0},id=a; give each device once"
+            );
+            assert_eq!(e, want);
+        }
+        // Through a symlink: the message shows what both resolve to.
+        let values = [format!("path={link0}"), format!("path={dev0}/")];
+        let e = chain(&devices(&values, 1).unwrap_err());
+        assert_eq!(
+            e,
+            format!(
+                "--device path={dev0}/: device {dev0}/ is already passed through by --device \
+                 path={link0} (both resolve to {canonical}); give each device once"
+            )
+        );
+    }
+
+    #[test]
+    fn device_id_given_twice() {
+        let sys = FakeSysfs::new();
+        let (dev0, dev1, dev2) = (sys.path("dev0"), sys.path("dev1"), sys.path("dev2"));
+        let values = [
+            format!("path={dev0},id=gpu"),
+            format!("path={dev1}"),
+            format!("path={dev2},id=gpu"),
+        ];
+        let e = devices(&values, 1).unwrap_err();
+        assert_eq!(e.flag(), "--device");
+        assert_eq!(
+            chain(&e),
+            format!(
+                "--device path={dev2},id=gpu: id \"gpu\" is already used by --device \
+                 path={dev0},id=gpu; give each device its own id"
+            )
+        );
+        // Ids differing only in case are different ids.
+        let values = [format!("path={dev0},id=gpu"), format!("path={dev1},id=GPU")];
+        assert_eq!(devices(&values, 1).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn device_errors_in_command_line_order() {
+        let sys = FakeSysfs::new();
+        // The first bad value is reported, whichever check it fails.
+        let values = [
+            format!("path={}", sys.path("dev0")),
+            format!("path={},pci_segment=1", sys.path("dev1")),
+            format!("path={}", sys.path("nope")),
+        ];
+        let e = chain(&devices(&values, 1).unwrap_err());
+        assert!(e.contains("PCI segment 1 does not exist"), "{e}");
     }
 }

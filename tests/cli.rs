@@ -534,3 +534,210 @@ fn plain_values_and_lowercase_suffixes_are_accepted() {
         &["--memory", "size=16M", "--serial", "off"],
     ));
 }
+
+impl Scratch {
+    /// Makes `name` a directory standing in for a sysfs device directory and returns its path.
+    fn device_dir(&self, name: &str) -> String {
+        let dir = self.path(name);
+        fs::create_dir_all(&dir).unwrap();
+        dir.display().to_string()
+    }
+}
+
+#[test]
+fn device_without_path() {
+    let s = Scratch::new();
+    let err = assert_rejected(
+        &with_kernel(&s, &["--device", "id=gpu0"]),
+        "--device",
+        "id=gpu0",
+    );
+    assert!(err.contains("path= is required"), "{err}");
+    assert!(err.contains("/sys/bus/pci/devices"), "says where: {err}");
+}
+
+#[test]
+fn device_path_missing() {
+    let s = Scratch::new();
+    let missing = s.path("0000:01:00.0").display().to_string();
+    let value = format!("path={missing}");
+    let err = assert_rejected(&with_kernel(&s, &["--device", &value]), "--device", &value);
+    assert!(
+        err.contains(&format!(
+            "no such device: {missing}; list devices with `ls /sys/bus/pci/devices`"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn device_path_is_a_regular_file() {
+    let s = Scratch::new();
+    let value = format!("path={}", s.kernel());
+    let err = assert_rejected(&with_kernel(&s, &["--device", &value]), "--device", &value);
+    assert!(err.contains("not a device directory"), "{err}");
+    assert!(err.contains("a regular file"), "{err}");
+}
+
+#[test]
+fn device_clique_out_of_range() {
+    let s = Scratch::new();
+    let dev = s.device_dir("0000:01:00.0");
+    for clique in ["16", "x"] {
+        let value = format!("path={dev},x_nv_gpudirect_clique={clique}");
+        let err = assert_rejected(&with_kernel(&s, &["--device", &value]), "--device", &value);
+        assert!(err.contains("from 0 to 15"), "states the range: {err}");
+        assert!(err.contains("4-bit"), "says why: {err}");
+        assert!(err.contains(&format!("not \"{clique}\"")), "{err}");
+    }
+}
+
+#[test]
+fn device_segment_beyond_num_pci_segments() {
+    let s = Scratch::new();
+    let dev = s.device_dir("0000:01:00.0");
+    let value = format!("path={dev},pci_segment=1");
+    let err = assert_rejected(&with_kernel(&s, &["--device", &value]), "--device", &value);
+    assert!(err.contains("1 PCI segment (0)"), "says the count: {err}");
+    assert!(
+        err.contains("--platform num_pci_segments=2"),
+        "suggests the fix: {err}"
+    );
+    // Checked after parsing: a later --platform makes the segment exist.
+    let output = with_kernel(
+        &s,
+        &["--device", &value, "--platform", "num_pci_segments=2"],
+    );
+    assert_reaches_vmm_with_devices(&output);
+}
+
+#[test]
+fn device_given_twice() {
+    let s = Scratch::new();
+    let dev = s.device_dir("0000:01:00.0");
+    let first = format!("path={dev}");
+    let second = format!("path={dev}/");
+    // Several values after one flag.
+    let err = assert_rejected(
+        &with_kernel(&s, &["--device", &first, &second]),
+        "--device",
+        &second,
+    );
+    assert!(err.contains("already passed through"), "{err}");
+    assert!(
+        err.contains(&format!("--device {first}")),
+        "names the first: {err}"
+    );
+    // Repeated flags, through a symlink.
+    let link = s.path("link").display().to_string();
+    std::os::unix::fs::symlink(&dev, &link).unwrap();
+    let second = format!("path={link},x_nv_gpudirect_clique=1");
+    let err = assert_rejected(
+        &with_kernel(&s, &["--device", &first, "--device", &second]),
+        "--device",
+        &second,
+    );
+    assert!(err.contains("already passed through"), "{err}");
+    assert!(err.contains("both resolve to"), "{err}");
+}
+
+#[test]
+fn device_id_given_twice() {
+    let s = Scratch::new();
+    let dev0 = s.device_dir("0000:01:00.0");
+    let dev1 = s.device_dir("0000:02:00.0");
+    let first = format!("path={dev0},id=gpu");
+    let second = format!("path={dev1},id=gpu");
+    let err = assert_rejected(
+        &with_kernel(&s, &["--device", &first, "--device", &second]),
+        "--device",
+        &second,
+    );
+    assert!(err.contains("id \"gpu\" is already used"), "{err}");
+}
+
+#[test]
+fn device_unsupported_cloud_hypervisor_key() {
+    let s = Scratch::new();
+    let dev = s.device_dir("0000:01:00.0");
+    let value = format!("path={dev},iommu=on");
+    let err = assert_rejected(&with_kernel(&s, &["--device", &value]), "--device", &value);
+    assert!(
+        err.contains("\"iommu\" is a cloud-hypervisor option that viaduct does not support"),
+        "{err}"
+    );
+}
+
+#[test]
+fn device_unknown_key() {
+    let s = Scratch::new();
+    let dev = s.device_dir("0000:01:00.0");
+    let value = format!("path={dev},bogus=1");
+    let err = assert_rejected(&with_kernel(&s, &["--device", &value]), "--device", &value);
+    assert!(err.contains("unknown key \"bogus\""), "{err}");
+    assert!(
+        err.contains("supported keys: path, pci_segment, x_nv_gpudirect_clique, id"),
+        "{err}"
+    );
+}
+
+/// Like [`assert_reaches_vmm`], but the VMM's own error may name the device (its path contains
+/// no `--`, yet the VMM may quote it); it must not be a `--device` parse error.
+fn assert_reaches_vmm_with_devices(output: &Output) {
+    let err = stderr(output);
+    assert_eq!(output.status.code(), Some(1), "stderr: {err}");
+    assert!(err.starts_with("viaduct: error: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
+    assert!(!err.contains("--device"), "looks like a parse error: {err}");
+    assert!(!err.contains("path="), "looks like a parse error: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn valid_devices_reach_vmm() {
+    let s = Scratch::new();
+    let dev0 = s.device_dir("0000:01:00.0");
+    let dev1 = s.device_dir("0000:02:00.0");
+    let dev2 = s.device_dir("0000:03:00.0");
+    let single = format!("path={dev0}");
+    assert_reaches_vmm_with_devices(&with_kernel(&s, &["--device", &single]));
+    // Several values after one flag, a repeated flag, every key, --platform given last.
+    let first = format!("path={dev0}/,x_nv_gpudirect_clique=0,id=gpu0");
+    let second = format!("path={dev1},pci_segment=1,x_nv_gpudirect_clique=15,id=gpu1");
+    let third = format!("id=nic,path={dev2}");
+    assert_reaches_vmm_with_devices(&with_kernel(
+        &s,
+        &[
+            "--device",
+            &first,
+            &second,
+            "--device",
+            &third,
+            "--platform",
+            "num_pci_segments=2",
+        ],
+    ));
+}
+
+#[test]
+fn help_describes_device() {
+    let output = viaduct(["--help"]);
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for needle in [
+        "--device <path=SYSFS[,pci_segment=K][,x_nv_gpudirect_clique=N][,id=NAME]>...",
+        "/sys/bus/pci/devices/DDDD:BB:DD.F",
+        "`pci_segment`",
+        "`x_nv_gpudirect_clique`",
+        "0 to 15",
+        "4 bits",
+        "`id`",
+        "vfio-pci",
+        "docs/vfio.md",
+        "pci_device_id",
+        "x_exclude_mmap_bars",
+        "x_nv_gpudirect_clique=0,id=gpu1",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+}
