@@ -2,7 +2,8 @@
 # Builds the cached, static parts of the rig (after fetch.sh):
 #   $RIG_CACHE/l3-initramfs.cpio.gz  the guest's initramfs (busybox, guest-init.sh, pvpanic modules)
 #   $RIG_CACHE/l2-base.cpio          the rig host's initramfs without viaduct and the scenario:
-#                                    busybox, host-init.sh, KVM/VFIO modules, and /guest/{bzImage,
+#                                    busybox, host-init.sh, rig-vfio-bind (vfio-bind.sh),
+#                                    KVM/VFIO modules, and /guest/{bzImage,
 #                                    vmlinux,initramfs.cpio.gz} for viaduct to boot
 # Each is rebuilt only when what it is built from changes (scripts, kernel, busybox).
 #
@@ -70,7 +71,7 @@ build_l3_initramfs() {
 
 build_l2_base() {
 	local key work root
-	key=$(rig_key "$RIG_DIR/host-init.sh" "$RIG_DIR/build.sh" "$RIG_DIR/lib.sh" \
+	key=$(rig_key "$RIG_DIR/host-init.sh" "$RIG_DIR/vfio-bind.sh" "$RIG_DIR/build.sh" "$RIG_DIR/lib.sh" \
 		"$KERNEL_DIR/VERSION" "$(sha256sum <"$BUSYBOX")" "$(cat "$L3_INITRAMFS.key")")
 	rig_fresh "$L2_BASE" "$key" && return 0
 	rig_log "building the L2 rig-host initramfs (static part)"
@@ -79,6 +80,7 @@ build_l2_base() {
 	make_busybox_root "$root"
 	mkdir -p "$root"/{etc/rig,guest,rig,usr/bin,dev/pts,dev/shm}
 	install -m 755 "$RIG_DIR/host-init.sh" "$root/init"
+	install -m 755 "$RIG_DIR/vfio-bind.sh" "$root/usr/bin/rig-vfio-bind"
 	add_modules "$root" "$root/etc/rig/modules.required" "${L2_REQUIRED_MODULES[@]}"
 	add_modules "$root" "$root/etc/rig/modules.optional" "${L2_OPTIONAL_MODULES[@]}"
 	# Optional modules that the required ones already pulled in need not load twice.

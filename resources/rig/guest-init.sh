@@ -8,6 +8,22 @@
 #   panic              -> sysrq crash; the kernel panics, pvpanic tells the VMM
 # viaduct_marker=<token> is echoed back as GUEST-MARKER=<token>, so a test knows the guest it
 # booted is the one that answered.
+#
+# viaduct_action= may also be a comma-separated list of steps, run in order; the guest powers off
+# after the last one unless that is reboot or panic. The passthrough steps (see docs/rig.md):
+#   nvme-io     read the marker in sector 0 of /dev/nvme0n1 (GUEST-NVME-MARKER=), write
+#               viaduct_write=<token> to sector 1 and read it back (GUEST-NVME-WROTE=), read
+#               viaduct_nvme_mib=<N> MiB with O_DIRECT if asked, report the nvme interrupts
+#               (GUEST-NVME-IRQS=<sum>, GUEST-IRQ=<line>, GUEST-NVME-IRQ-MODE=msix|msi|intx)
+#   ivshmem     write viaduct_pattern=<token> through /dev/mem into BAR2 of the ivshmem device
+#               (1af4:1110), near its start and in its last page, and read it back
+#               (GUEST-IVSHMEM-BAR2=<start>,<size>, GUEST-IVSHMEM-READBACK=<offset>:<token>);
+#               viaduct_ivshmem_touch=<N> adds N reads spread over the BAR (GUEST-IVSHMEM-TOUCHED=)
+#   pci-report  nothing more than the PCI report every boot prints
+# Every boot prints GUEST-PCIDEV=<bdf>,<vendor>:<device>,<class> and GUEST-BAR=<bdf>,<index>,
+# <start>,<end>,<flags> for each PCI device, and with viaduct_dump_config=<bdf|vendor:device>
+# GUEST-CONFIG=<config space bytes 0x00-0xff, 512 hex digits>. A step that cannot be done prints
+# GUEST-ERROR=<why> and the guest goes on (it never waits more than a minute for a device).
 export PATH=/bin
 
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
@@ -59,6 +75,159 @@ pci_domains() {
 	done | sort -u | tr '\n' ',' | sed 's/,$//'
 }
 
+# The BDFs of the PCI devices matching "$1": a BDF (dddd:bb:dd.f) or vendor:device (hex, no 0x).
+pci_find() {
+	case $1 in
+	*:*:*) [ -e "/sys/bus/pci/devices/$1" ] && echo "$1" ;;
+	*:*)
+		for dev in /sys/bus/pci/devices/*; do
+			[ -e "$dev/vendor" ] || continue
+			[ "$(cut -c3- "$dev/vendor"):$(cut -c3- "$dev/device")" = "$1" ] && echo "${dev##*/}"
+		done
+		;;
+	esac
+}
+
+# GUEST-PCIDEV and GUEST-BAR lines for every PCI device (BARs 0-5 and the ROM, non-empty only).
+pci_report() {
+	for dev in /sys/bus/pci/devices/*; do
+		[ -e "$dev/vendor" ] || continue
+		bdf=${dev##*/}
+		echo "GUEST-PCIDEV=$bdf,$(cut -c3- "$dev/vendor"):$(cut -c3- "$dev/device"),$(cat "$dev/class")"
+		index=0
+		while read -r start end flags; do
+			[ "$index" -le 6 ] || break
+			if [ "$((end))" -ne 0 ]; then echo "GUEST-BAR=$bdf,$index,$start,$end,$flags"; fi
+			index=$((index + 1))
+		done <"$dev/resource"
+	done
+}
+
+# GUEST-CONFIG=<hex> of the first 256 bytes of config space of the device viaduct_dump_config names.
+dump_config() {
+	spec=$(cmdline_value viaduct_dump_config)
+	[ -n "$spec" ] || return 0
+	bdf=$(pci_find "$spec" | head -n1)
+	if [ -z "$bdf" ]; then
+		echo "GUEST-ERROR=viaduct_dump_config: no PCI device '$spec'"
+		return 0
+	fi
+	echo "GUEST-CONFIG-BDF=$bdf"
+	echo "GUEST-CONFIG=$(od -An -v -tx1 -N256 "/sys/bus/pci/devices/$bdf/config" | tr -d ' \n')"
+}
+
+# Prints the first run of printable token characters in file or device $1 ($2 = dd options).
+read_token() {
+	# shellcheck disable=SC2086 # $2 is a list of dd options
+	dd if="$1" $2 2>/dev/null | tr '\000' '\n' | head -n1 | tr -cd 'A-Za-z0-9._=-' | head -c 128
+}
+
+# The nvme-io step: DMA reads and writes through the (passed-through) NVMe controller.
+nvme_io() {
+	nvme_bdf=$(for dev in /sys/bus/pci/devices/*; do
+		[ "$(cat "$dev/class" 2>/dev/null)" = 0x010802 ] && echo "${dev##*/}"
+	done | head -n1)
+	if [ -z "$nvme_bdf" ]; then
+		echo "GUEST-ERROR=nvme-io: no NVMe controller (PCI class 010802) in the guest"
+		return 1
+	fi
+	echo "GUEST-NVME-BDF=$nvme_bdf"
+	# The driver probes the controller asynchronously; under nested emulation that takes a while.
+	waited=0
+	while [ ! -b /dev/nvme0n1 ] && [ "$waited" -lt 60 ]; do
+		sleep 1
+		waited=$((waited + 1))
+	done
+	if [ ! -b /dev/nvme0n1 ]; then
+		echo "GUEST-ERROR=nvme-io: no /dev/nvme0n1 after ${waited}s (driver: $(readlink "/sys/bus/pci/devices/$nvme_bdf/driver"))"
+		return 1
+	fi
+	# O_DIRECT with a 4 KiB block: the data comes from the device by DMA, not from the page cache.
+	echo "GUEST-NVME-MARKER=$(read_token /dev/nvme0n1 'bs=4096 count=1 iflag=direct')"
+	write=$(cmdline_value viaduct_write)
+	if [ -n "$write" ]; then
+		printf '%s' "$write" | dd of=/dev/nvme0n1 bs=512 seek=1 count=1 conv=sync,fsync 2>/dev/null ||
+			echo "GUEST-ERROR=nvme-io: writing sector 1 failed"
+		sync
+		dd if=/dev/nvme0n1 bs=4096 count=1 iflag=direct 2>/dev/null >/tmp/sector01
+		echo "GUEST-NVME-WROTE=$(read_token /tmp/sector01 'bs=512 skip=1 count=1')"
+	fi
+	mib=$(cmdline_value viaduct_nvme_mib)
+	if [ -n "$mib" ]; then
+		disk_mib=$(($(cat /sys/block/nvme0n1/size) / 2048))
+		left=$mib
+		t0=$(cut -d' ' -f1 /proc/uptime)
+		while [ "$left" -gt 0 ] && [ "$disk_mib" -gt 0 ]; do
+			chunk=$((left < disk_mib ? left : disk_mib))
+			dd if=/dev/nvme0n1 of=/dev/null bs=1M count="$chunk" iflag=direct 2>/dev/null || {
+				echo "GUEST-ERROR=nvme-io: reading $chunk MiB failed"
+				break
+			}
+			left=$((left - chunk))
+		done
+		echo "GUEST-NVME-READ-MIB=$((mib - left))"
+		echo "GUEST-NVME-READ-SECONDS=$(awk -v a="$t0" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { print b - a }')"
+	fi
+	# Interrupts: per-CPU counts of every nvme line, and the mode (MSI-X vectors are listed in msi_irqs).
+	awk 'NR == 1 { ncpu = NF } / nvme[0-9]/ { for (i = 2; i <= ncpu + 1; i++) sum += $i } END { print "GUEST-NVME-IRQS=" sum + 0 }' /proc/interrupts
+	grep ' nvme[0-9]' /proc/interrupts | sed 's/^ *\([0-9]*\): */\1 /; s/  */,/g; s/^/GUEST-IRQ=/'
+	mode=intx
+	for f in "/sys/bus/pci/devices/$nvme_bdf"/msi_irqs/*; do
+		[ -f "$f" ] && mode=$(cat "$f")
+	done
+	echo "GUEST-NVME-IRQ-MODE=$mode"
+}
+
+# The ivshmem step: CPU stores into the device's BAR2 (shared memory on the L1 host).
+ivshmem() {
+	bdf=$(pci_find 1af4:1110 | head -n1)
+	if [ -z "$bdf" ]; then
+		echo "GUEST-ERROR=ivshmem: no ivshmem device (1af4:1110) in the guest"
+		return 1
+	fi
+	# shellcheck disable=SC2046 # three words: start end flags
+	set -- $(sed -n 3p "/sys/bus/pci/devices/$bdf/resource")
+	start=$(($1)) size=$(($2 - $1 + 1))
+	if [ "$(($2))" -eq 0 ] || [ "$size" -lt 8192 ]; then
+		echo "GUEST-ERROR=ivshmem: $bdf has no usable BAR2 ($*)"
+		return 1
+	fi
+	echo "GUEST-IVSHMEM-BDF=$bdf"
+	echo "GUEST-IVSHMEM-BAR2=$(printf '0x%x,0x%x' "$start" "$size")"
+	pattern=$(cmdline_value viaduct_pattern)
+	pattern=${pattern:-ivshmem-pattern}
+	# The first page after the register-free start, and the last page: the whole BAR is mapped.
+	for offset in 4096 $((size - 4096)); do
+		addr=$((start + offset)) i=0
+		for byte in $(printf '%s' "$pattern" | od -An -v -tx1); do
+			devmem "$((addr + i))" 8 "0x$byte" >/dev/null || {
+				echo "GUEST-ERROR=ivshmem: devmem write at $(printf 0x%x $((addr + i))) failed"
+				return 1
+			}
+			i=$((i + 1))
+		done
+		back='' i=0
+		while [ "$i" -lt "${#pattern}" ]; do
+			# shellcheck disable=SC2059 # the format is an octal escape built on purpose
+			back=$back$(printf "\\$(printf %o "$(devmem "$((addr + i))" 8)")")
+			i=$((i + 1))
+		done
+		echo "GUEST-IVSHMEM-READBACK=$(printf 0x%x "$offset"):$back"
+	done
+	# viaduct_ivshmem_touch=N: N more 64-bit reads spread over the BAR, one page each. A VMM
+	# that maps the BAR into the guest sees no exits from them; one that emulates it sees N.
+	touch=$(cmdline_value viaduct_ivshmem_touch)
+	if [ -n "$touch" ] && [ "$touch" -gt 0 ]; then
+		step=$(((size / touch) & ~4095)) i=0
+		[ "$step" -gt 0 ] || step=4096
+		while [ "$i" -lt "$touch" ]; do
+			devmem "$((start + (i * step) % size))" 64 >/dev/null || break
+			i=$((i + 1))
+		done
+		echo "GUEST-IVSHMEM-TOUCHED=$i"
+	fi
+}
+
 action=$(cmdline_value viaduct_action)
 action=${action:-poweroff}
 
@@ -77,23 +246,34 @@ echo "GUEST-UPTIME=$(cut -d' ' -f1 /proc/uptime)"
 echo "GUEST-MARKER=$(cmdline_value viaduct_marker)"
 echo "GUEST-ACTION=$action"
 
+pci_report
+dump_config
+
+final=poweroff
+for step in $(echo "$action" | tr ',' ' '); do
+	case $step in
+	nvme-io) nvme_io ;;
+	ivshmem) ivshmem ;;
+	pci-report) ;;
+	poweroff | reboot | panic) final=$step ;;
+	*) echo "GUEST-ERROR=unknown viaduct_action step '$step', powering off" ;;
+	esac
+done
+echo "GUEST-DONE=$action"
+
 # Userspace console output sits in the UART driver's buffer until transmitted; let it drain
 # before the kernel stops (TCSADRAIN via stty, then a pause for good measure).
 stty onlcr 2>/dev/null
 sleep 1
 
-case $action in
+case $final in
 poweroff) poweroff -f ;;
 reboot) reboot -f ;;
 panic)
 	echo 1 >/proc/sys/kernel/sysrq
 	echo c >/proc/sysrq-trigger
 	;;
-*)
-	echo "GUEST-ERROR=unknown viaduct_action '$action', powering off"
-	poweroff -f
-	;;
 esac
 # Not reached unless the action failed; returning from init would panic the guest.
-echo "GUEST-ERROR=action '$action' did not stop the guest"
+echo "GUEST-ERROR=action '$final' did not stop the guest"
 while :; do sleep 60; done

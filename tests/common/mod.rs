@@ -48,9 +48,24 @@ pub struct RigRun {
 /// Panics (with the log's tail) when the rig itself fails: no L2 boot, no `/dev/kvm`, the
 /// scenario not finishing in time. Whether the scenario succeeded is for the caller to judge.
 pub fn run_rig(test_name: &str, scenario: &str) -> RigRun {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    fresh_rig_dir(test_name);
+    run_rig_with(test_name, scenario, &[])
+}
+
+/// Empties and creates `target/rig/<test_name>` and returns it.
+pub fn fresh_rig_dir(test_name: &str) -> PathBuf {
     let dir = rig_dir(test_name);
     let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    dir
+}
+
+/// [`run_rig`] with `qemu_args` added to the L1 QEMU command line (after `run.sh ... --`), and
+/// without emptying the test's directory first (it may hold the disk images those arguments
+/// name; see [`RigHost`]).
+pub fn run_rig_with(test_name: &str, scenario: &str, qemu_args: &[String]) -> RigRun {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = rig_dir(test_name);
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     let scenario_path = dir.join("scenario.sh");
     let log_path = dir.join("serial.log");
@@ -69,6 +84,12 @@ pub fn run_rig(test_name: &str, scenario: &str) -> RigRun {
         .arg(&log_path)
         .arg("--timeout")
         .arg(&timeout)
+        .args(if qemu_args.is_empty() {
+            &[][..]
+        } else {
+            &["--"][..]
+        })
+        .args(qemu_args)
         .stdin(Stdio::null())
         // The serial log goes to `log_path`; the copy on stdout would only flood the test output.
         .stdout(Stdio::null())
@@ -240,6 +261,431 @@ impl RigRun {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Passthrough: devices of the rig host (L1 QEMU devices that L2 hands to viaduct with VFIO)
+// ---------------------------------------------------------------------------------------------
+
+/// QEMU's NVMe controller, as `vendor:device` in the rig host and in the guest.
+pub const NVME_ID: &str = "1b36:0010";
+/// QEMU's ivshmem device.
+pub const IVSHMEM_ID: &str = "1af4:1110";
+/// The rig host's PCI slots (on its root bus, `0000:00:<slot>.0`) for the devices below. They do
+/// not collide with q35's own devices (00.0 host bridge, 1f.x LPC/SATA/SMBus).
+pub const SLOT_NVME_A: u8 = 0x10;
+pub const SLOT_NVME_B: u8 = 0x11;
+pub const SLOT_IVSHMEM: u8 = 0x12;
+pub const SLOT_BRIDGE: u8 = 0x13;
+/// Size of the NVMe disk images the tests create.
+pub const NVME_DISK_BYTES: u64 = 64 << 20;
+
+/// The rig host's (L2's) PCI address for slot `slot` on its root bus.
+pub fn host_bdf(slot: u8) -> String {
+    format!("0000:00:{slot:02x}.0")
+}
+
+/// The `--device` value `path=/sys/bus/pci/devices/<bdf>/` for host device `bdf`; options such
+/// as `,pci_segment=1` go after it.
+pub fn device_path(bdf: &str) -> String {
+    format!("path=/sys/bus/pci/devices/{bdf}/")
+}
+
+/// The rig host of one test: its directory (`target/rig/<test>`, emptied on creation), the L1
+/// QEMU devices it gets and the files behind them. Devices sit at fixed PCI addresses, so the
+/// BDFs in L2 are known in advance (see [`SLOT_NVME_A`] and friends).
+pub struct RigHost {
+    test_name: String,
+    dir: PathBuf,
+    qemu_args: Vec<String>,
+}
+
+/// An NVMe controller of the rig host with its raw disk image on this machine.
+pub struct NvmeDisk {
+    /// Its address in the rig host, e.g. `0000:00:10.0`.
+    pub bdf: String,
+    /// The disk image (a sparse file of [`NVME_DISK_BYTES`]).
+    pub image: PathBuf,
+    /// The token written at sector 0 before the run.
+    pub marker: String,
+}
+
+impl NvmeDisk {
+    /// The bytes of 512-byte sector `n` of the image as it is now.
+    pub fn sector(&self, n: u64) -> Vec<u8> {
+        read_at(&self.image, n * 512, 512)
+    }
+
+    /// The leading token of sector `n`: bytes up to the first NUL or non-token character.
+    pub fn token_at(&self, n: u64) -> String {
+        leading_token(&self.sector(n))
+    }
+}
+
+/// An ivshmem-plain device of the rig host: BAR2 is the shared memory in `file` on this machine.
+pub struct Ivshmem {
+    pub bdf: String,
+    /// The memory backend's file: offset `x` of the file is offset `x` of BAR2.
+    pub file: PathBuf,
+    pub size: u64,
+}
+
+impl Ivshmem {
+    /// `len` bytes of the shared memory at `offset`.
+    pub fn read(&self, offset: u64, len: usize) -> Vec<u8> {
+        read_at(&self.file, offset, len)
+    }
+}
+
+fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file =
+        fs::File::open(path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    file.seek(SeekFrom::Start(offset)).expect("seek");
+    let mut buf = vec![0; len];
+    file.read_exact(&mut buf).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {len} bytes at {offset:#x} of {}: {e}",
+            path.display()
+        )
+    });
+    buf
+}
+
+/// The leading run of token characters (`A-Za-z0-9._=-`) of `bytes`, as the guest's
+/// `read_token` prints it.
+pub fn leading_token(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric() || b"._=-".contains(b))
+        .map(|&b| b as char)
+        .collect()
+}
+
+impl RigHost {
+    /// A rig host without extra devices; empties `target/rig/<test_name>`.
+    pub fn new(test_name: &str) -> Self {
+        RigHost {
+            test_name: test_name.to_string(),
+            dir: fresh_rig_dir(test_name),
+            qemu_args: Vec::new(),
+        }
+    }
+
+    /// The test's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Adds raw QEMU arguments for L1.
+    pub fn qemu_args<I: IntoIterator<Item = S>, S: Into<String>>(&mut self, args: I) -> &mut Self {
+        self.qemu_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Creates `<dir>/<name>.img` ([`NVME_DISK_BYTES`], sparse) with `marker` at sector 0.
+    fn disk_image(&self, name: &str, marker: &str) -> PathBuf {
+        let image = self.dir.join(format!("{name}.img"));
+        let file = fs::File::create(&image)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", image.display()));
+        file.set_len(NVME_DISK_BYTES).expect("size the disk image");
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(marker.as_bytes(), 0)
+            .expect("write the marker");
+        image
+    }
+
+    /// Adds an NVMe controller `name` on the rig host's bus `bus` (`pcie.0` or a bridge id) at
+    /// device `slot`, backed by a fresh image with `marker` at sector 0.
+    fn nvme_on(&mut self, name: &str, bus: &str, slot: u8, bdf: String, marker: &str) -> NvmeDisk {
+        let image = self.disk_image(name, marker);
+        self.qemu_args([
+            "-drive".to_string(),
+            format!("file={},if=none,id={name},format=raw", image.display()),
+            "-device".to_string(),
+            format!("nvme,drive={name},serial={name},bus={bus},addr={slot:#x}"),
+        ]);
+        NvmeDisk {
+            bdf,
+            image,
+            marker: marker.to_string(),
+        }
+    }
+
+    /// Adds an NVMe controller at `0000:00:<slot>.0` whose disk has `marker` at sector 0.
+    pub fn nvme(&mut self, name: &str, slot: u8, marker: &str) -> NvmeDisk {
+        self.nvme_on(name, "pcie.0", slot, host_bdf(slot), marker)
+    }
+
+    /// Adds an ivshmem-plain device at `0000:00:<slot>.0` whose BAR2 is `size` bytes of shared
+    /// memory in `<dir>/<name>.mem` (a sparse file on this machine).
+    pub fn ivshmem(&mut self, name: &str, slot: u8, size: u64) -> Ivshmem {
+        let file = self.dir.join(format!("{name}.mem"));
+        fs::File::create(&file)
+            .and_then(|f| f.set_len(size))
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", file.display()));
+        self.qemu_args([
+            "-object".to_string(),
+            format!(
+                "memory-backend-file,id={name},mem-path={},size={size},share=on",
+                file.display()
+            ),
+            "-device".to_string(),
+            format!("ivshmem-plain,memdev={name},bus=pcie.0,addr={slot:#x}"),
+        ]);
+        Ivshmem {
+            bdf: host_bdf(slot),
+            file,
+            size,
+        }
+    }
+
+    /// Adds a conventional PCI bridge at `0000:00:<slot>.0` with two NVMe controllers behind
+    /// it, `0000:01:01.0` and `0000:01:02.0` (bus 1: it must be the rig host's only bridge).
+    /// Devices behind a conventional bridge share one IOMMU group with it: passing one of them
+    /// through alone is the "group not viable" case.
+    pub fn bridge_with_two_nvmes(&mut self, slot: u8, markers: [&str; 2]) -> [NvmeDisk; 2] {
+        self.qemu_args([
+            "-device".to_string(),
+            format!("pci-bridge,id=br0,chassis_nr=1,bus=pcie.0,addr={slot:#x}"),
+        ]);
+        [
+            self.nvme_on("nvbr1", "br0", 1, "0000:01:01.0".into(), markers[0]),
+            self.nvme_on("nvbr2", "br0", 2, "0000:01:02.0".into(), markers[1]),
+        ]
+    }
+
+    /// Runs `scenario` in this rig host (see [`run_rig`]).
+    pub fn run(&self, scenario: &str) -> RigRun {
+        run_rig_with(&self.test_name, scenario, &self.qemu_args)
+    }
+}
+
+/// Scenario lines that hand `devices` (BDFs or vendor:device) of the rig host to vfio-pci with
+/// `rig-vfio-bind` (`resources/rig/vfio-bind.sh`), which prints `RIG-VFIO-DEVICE=` and
+/// `RIG-VFIO-GROUP=` lines. `host_devices` are only reported, left on their host driver. A
+/// failed bind prints `RIG-ERROR:`, which fails the rig run.
+pub fn vfio_bind(devices: &[&str], host_devices: &[&str]) -> String {
+    let mut line = format!("rig-vfio-bind {}", devices.join(" "));
+    if !host_devices.is_empty() {
+        let _ = write!(line, " --host {}", host_devices.join(" "));
+    }
+    format!("{line} || exit 1\n")
+}
+
+/// Scenario lines that print `RIG-L2-NVME-MARKER=<bdf>,<token>`: the token at sector 0 of the
+/// rig host's NVMe `bdf`, read through the rig host's own nvme driver (before it is unbound).
+pub fn l2_nvme_marker(bdf: &str) -> String {
+    format!(
+        "for ns in /sys/bus/pci/devices/{bdf}/nvme/nvme*/nvme*n1; do \
+         echo \"RIG-L2-NVME-MARKER={bdf},$(dd if=/dev/${{ns##*/}} bs=512 count=1 2>/dev/null | \
+         tr '\\000' '\\n' | head -n1)\"; done\n"
+    )
+}
+
+/// One PCI device as the guest reported it (`GUEST-PCIDEV=`), with its BARs (`GUEST-BAR=`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestPciDevice {
+    pub bdf: String,
+    /// `vendor:device`, hex.
+    pub id: String,
+    pub class: u32,
+    pub bars: Vec<GuestBar>,
+}
+
+impl GuestPciDevice {
+    /// The PCI domain (segment).
+    pub fn domain(&self) -> u16 {
+        u16::from_str_radix(&self.bdf[..4], 16).expect("hex domain")
+    }
+}
+
+/// One resource of a guest PCI device: BAR `index` (0–5, 6 is the ROM) at `start..=end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestBar {
+    pub index: u8,
+    pub start: u64,
+    pub end: u64,
+    pub flags: u64,
+}
+
+impl GuestBar {
+    pub fn size(&self) -> u64 {
+        self.end - self.start + 1
+    }
+}
+
+fn parse_hex(text: &str) -> Option<u64> {
+    u64::from_str_radix(text.trim_start_matches("0x"), 16).ok()
+}
+
+/// A capability in a standard PCI capability list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PciCapability {
+    pub offset: u8,
+    pub id: u8,
+}
+
+/// Walks the capability list of a 256-byte config space dump from the pointer at 0x34, checking
+/// it as a device must present it: the status register announces the list, every pointer is
+/// dword aligned and inside 0x40..0x100, no capability is visited twice, and it ends with 0.
+pub fn pci_capabilities(config: &[u8]) -> Result<Vec<PciCapability>, String> {
+    if config.len() < 256 {
+        return Err(format!(
+            "config space dump is {} bytes, not 256",
+            config.len()
+        ));
+    }
+    if config[0x06] & 0x10 == 0 {
+        return Err("status register bit 4 (capabilities list) is clear".into());
+    }
+    let mut caps = Vec::new();
+    let mut seen = [false; 256];
+    let mut ptr = config[0x34];
+    while ptr != 0 {
+        if ptr < 0x40 || ptr & 3 != 0 {
+            return Err(format!(
+                "capability pointer {ptr:#04x} is not a dword in 0x40..0x100"
+            ));
+        }
+        if std::mem::replace(&mut seen[ptr as usize], true) {
+            return Err(format!("capability list loops back to {ptr:#04x}"));
+        }
+        caps.push(PciCapability {
+            offset: ptr,
+            id: config[ptr as usize],
+        });
+        ptr = config[ptr as usize + 1];
+    }
+    Ok(caps)
+}
+
+impl RigRun {
+    /// The part of the log that belongs to each viaduct run of a scenario (from one
+    /// `RIG-VIADUCT-START` line, which [`viaduct_command`] prints, to the next), so that the
+    /// usual accessors work on one run of several.
+    pub fn viaduct_runs(&self) -> Vec<RigRun> {
+        let starts: Vec<usize> = self
+            .log
+            .match_indices("RIG-VIADUCT-START")
+            .map(|(i, _)| i)
+            .collect();
+        starts
+            .iter()
+            .enumerate()
+            .map(|(n, &start)| {
+                let end = starts.get(n + 1).copied().unwrap_or(self.log.len());
+                RigRun {
+                    log: self.log[start..end].to_string(),
+                    log_path: self.log_path.clone(),
+                    seconds: self.seconds,
+                }
+            })
+            .collect()
+    }
+
+    /// Lines the guest printed (`GUEST-…` outside viaduct's stderr): empty when no guest ran.
+    pub fn guest_lines(&self) -> Vec<&str> {
+        clean_lines(&self.log)
+            .filter(|line| line.contains("GUEST-") && !line.contains(VIADUCT_STDERR_PREFIX))
+            .collect()
+    }
+
+    /// viaduct's exit statistics: the `key=<n>` pairs of its `viaduct vCPU exits: mmio=<n> …`
+    /// line on stderr (printed at exit with `-v`).
+    pub fn vcpu_exits(&self) -> Option<Vec<(String, u64)>> {
+        let stderr = self.viaduct_stderr();
+        let line = stderr.iter().rev().find(|l| l.contains("vCPU exits:"))?;
+        let (_, rest) = line.split_once("vCPU exits:")?;
+        Some(
+            rest.split(|c: char| c.is_whitespace() || c == ',')
+                .filter_map(|pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    Some((k.to_string(), v.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// One counter of [`RigRun::vcpu_exits`], e.g. `vcpu_exit_count("mmio")`.
+    pub fn vcpu_exit_count(&self, kind: &str) -> Option<u64> {
+        self.vcpu_exits()?
+            .into_iter()
+            .find(|(k, _)| k == kind)
+            .map(|(_, v)| v)
+    }
+
+    /// The guest's PCI devices with their BARs.
+    pub fn guest_pci_devices(&self) -> Vec<GuestPciDevice> {
+        let mut devices: Vec<GuestPciDevice> = self
+            .values("GUEST-PCIDEV")
+            .iter()
+            .filter_map(|v| {
+                let mut f = v.split(',');
+                Some(GuestPciDevice {
+                    bdf: f.next()?.to_string(),
+                    id: f.next()?.to_string(),
+                    class: parse_hex(f.next()?)? as u32,
+                    bars: Vec::new(),
+                })
+            })
+            .collect();
+        for v in self.values("GUEST-BAR") {
+            let f: Vec<&str> = v.split(',').collect();
+            if f.len() != 5 {
+                continue;
+            }
+            let (Ok(index), Some(start), Some(end), Some(flags)) = (
+                f[1].parse(),
+                parse_hex(f[2]),
+                parse_hex(f[3]),
+                parse_hex(f[4]),
+            ) else {
+                continue;
+            };
+            if let Some(dev) = devices.iter_mut().find(|d| d.bdf == f[0]) {
+                dev.bars.push(GuestBar {
+                    index,
+                    start,
+                    end,
+                    flags,
+                });
+            }
+        }
+        devices
+    }
+
+    /// The guest's devices with `vendor:device` `id`.
+    pub fn guest_devices_with_id(&self, id: &str) -> Vec<GuestPciDevice> {
+        self.guest_pci_devices()
+            .into_iter()
+            .filter(|d| d.id == id)
+            .collect()
+    }
+
+    /// The config space bytes 0x00–0xff the guest dumped (`viaduct_dump_config=`).
+    pub fn guest_config_space(&self) -> Option<Vec<u8>> {
+        let hex = self.guest("CONFIG")?;
+        if hex.len() != 512 {
+            return None;
+        }
+        (0..256)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+            .collect()
+    }
+
+    /// The guest's root-bridge memory windows (`GUEST-PCI-MEM=dddd:start-end`) of `domain`.
+    pub fn guest_pci_mem_windows(&self, domain: u16) -> Vec<(u64, u64)> {
+        self.values("GUEST-PCI-MEM")
+            .iter()
+            .filter_map(|v| {
+                let (d, range) = v.split_once(':')?;
+                let (start, end) = range.split_once('-')?;
+                (u16::from_str_radix(d, 16).ok()? == domain)
+                    .then_some((parse_hex(start)?, parse_hex(end)?))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,5 +721,71 @@ mod tests {
             run.viaduct_stderr(),
             vec!["[INFO vmm] guest asked to reboot"]
         );
+    }
+
+    #[test]
+    fn runs_split_and_exit_counts_parse() {
+        let run = RigRun {
+            log: "RIG-VIADUCT-START uptime=1\nGUEST-MARKER=a\n\
+                  VIADUCT-STDERR| [INFO] viaduct vCPU exits: mmio=12 pio=3400 hlt=7\n\
+                  VIADUCT-EXIT=0\nRIG-VIADUCT-START uptime=2\n\
+                  VIADUCT-STDERR| error: GUEST-nothing\nVIADUCT-EXIT=1\n"
+                .to_string(),
+            log_path: PathBuf::from("x"),
+            seconds: 0.0,
+        };
+        let runs = run.viaduct_runs();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[0].vcpu_exit_count("mmio"), Some(12));
+        assert_eq!(runs[0].vcpu_exit_count("pio"), Some(3400));
+        assert_eq!(runs[0].guest_marker(), Some("a"));
+        assert_eq!(runs[1].viaduct_exit(), Some(1));
+        assert!(runs[1].guest_lines().is_empty());
+        assert_eq!(runs[1].vcpu_exits(), None);
+    }
+
+    #[test]
+    fn guest_pci_report_parses() {
+        let run = RigRun {
+            log: "GUEST-PCI-MEM=0001:c0000000-cfffffff\r\n\
+                  GUEST-PCIDEV=0001:00:01.0,1b36:0010,0x010802\r\n\
+                  GUEST-BAR=0001:00:01.0,0,0x00000000c0000000,0x00000000c0003fff,0x0000000000140204\r\n"
+                .to_string(),
+            log_path: PathBuf::from("x"),
+            seconds: 0.0,
+        };
+        let devs = run.guest_devices_with_id("1b36:0010");
+        assert_eq!(devs.len(), 1);
+        assert_eq!(devs[0].domain(), 1);
+        assert_eq!(devs[0].class, 0x010802);
+        assert_eq!(devs[0].bars[0].size(), 0x4000);
+        assert_eq!(
+            run.guest_pci_mem_windows(1),
+            vec![(0xc000_0000, 0xcfff_ffff)]
+        );
+        assert!(run.guest_pci_mem_windows(0).is_empty());
+    }
+
+    #[test]
+    fn capability_walk_checks_the_chain() {
+        let mut config = vec![0u8; 256];
+        config[0x06] = 0x10;
+        config[0x34] = 0x40;
+        config[0x40] = 0x11; // MSI-X
+        config[0x41] = 0x60;
+        config[0x60] = 0x09;
+        config[0x61] = 0x00;
+        let caps = pci_capabilities(&config).unwrap();
+        assert_eq!(
+            caps.iter().map(|c| (c.offset, c.id)).collect::<Vec<_>>(),
+            vec![(0x40, 0x11), (0x60, 0x09)]
+        );
+        config[0x61] = 0x40;
+        assert!(pci_capabilities(&config).unwrap_err().contains("loops"));
+        config[0x61] = 0x3c;
+        assert!(pci_capabilities(&config).is_err());
+        config[0x06] = 0;
+        assert!(pci_capabilities(&config).is_err());
+        assert_eq!(leading_token(b"abc-1.2\0\0xyz"), "abc-1.2");
     }
 }

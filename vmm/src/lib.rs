@@ -90,8 +90,8 @@ pub enum Error {
     /// Devices could not be placed.
     #[error("device layout: {0}")]
     DeviceLayout(String),
-    /// A passthrough device could not be set up.
-    #[error("--device {0}")]
+    /// A passthrough device could not be set up; the message names the device.
+    #[error("{0}")]
     Passthrough(String),
     /// The PCI segments could not be laid out.
     #[error("PCI layout: {0}")]

@@ -211,7 +211,7 @@ impl BusDevice for BarTrap {
 }
 
 fn device_error(name: &str, what: impl std::fmt::Display) -> Error {
-    Error::Passthrough(format!("{name}: {what}"))
+    Error::Passthrough(format!("passthrough device {name}: {what}"))
 }
 
 impl Passthrough {
@@ -310,7 +310,7 @@ impl Passthrough {
             intx_gsi,
             cfg.gpudirect_clique,
         )
-        .map_err(|e| device_error(name, e))?;
+        .map_err(|e| Error::Passthrough(format!("passthrough device {e}")))?;
 
         let mut specs = device.bars();
         specs.sort_by_key(|s| std::cmp::Reverse(s.size));
