@@ -431,3 +431,86 @@ fn mmio_exits_do_not_grow_with_io() {
         all.context()
     );
 }
+
+/// A scenario line set that starts viaduct in the background with `args`, waits until the guest
+/// holds, stops viaduct with SIGTERM and prints its output and exit status.
+fn viaduct_stopped_by_sigterm(args: &str) -> String {
+    format!(
+        "echo \"RIG-VIADUCT-START uptime=$(cut -d' ' -f1 /proc/uptime)\"\n\
+         ( viaduct -v {args} >/tmp/held.log 2>&1; echo $? >/tmp/held.status ) &\n\
+         n=0; while ! grep -q GUEST-HOLDING /tmp/held.log && [ $n -lt 180 ]; do sleep 1; n=$((n+1)); done\n\
+         kill -TERM $(pidof viaduct)\n\
+         wait\n\
+         sed 's/^viaduct/VIADUCT-STDERR| viaduct/' /tmp/held.log\n\
+         echo \"VIADUCT-EXIT=$(cat /tmp/held.status)\"\n"
+    )
+}
+
+#[test]
+fn device_is_released_after_guest_panic_and_sigterm() {
+    let test = "device_is_released_after_guest_panic_and_sigterm";
+    let mut host = RigHost::new(test);
+    let disk = host.nvme("nva", SLOT_NVME_A, &marker_token());
+    let marker = marker_token();
+    let device = format!("--device {}", device_path(&disk.bdf));
+    // Three VMs in a row with the same device: the guest panics; the guest is stopped by
+    // SIGTERM to viaduct; then a guest must still open the device and read the disk.
+    let scenario = vfio_bind(&[&disk.bdf], &[])
+        + &viaduct_command(&guest_args(
+            &format!("viaduct_marker={marker} viaduct_action=nvme-io,panic viaduct_write=p"),
+            &device,
+        ))
+        + &viaduct_stopped_by_sigterm(&guest_args(
+            &format!("viaduct_marker={marker} viaduct_action=nvme-io,hold viaduct_write=h"),
+            &device,
+        ))
+        + &viaduct_command(&guest_args(
+            &format!("viaduct_marker={marker} viaduct_action=nvme-io viaduct_write=after"),
+            &device,
+        ));
+    let all = host.run(&scenario);
+    let runs = all.viaduct_runs();
+    assert_eq!(runs.len(), 3, "three viaduct runs\n{}", all.context());
+
+    let panicked = &runs[0];
+    let context = panicked.context();
+    assert_eq!(
+        panicked.guest("NVME-MARKER"),
+        Some(disk.marker.as_str()),
+        "{context}"
+    );
+    let status = panicked.viaduct_exit().unwrap_or(0);
+    assert!(
+        status != 0 && status != VIADUCT_TIMED_OUT,
+        "panic run exit {status}\n{context}"
+    );
+
+    let held = &runs[1];
+    let context = held.context();
+    assert_eq!(
+        held.guest("NVME-MARKER"),
+        Some(disk.marker.as_str()),
+        "{context}"
+    );
+    assert_eq!(held.guest("HOLDING"), Some("1"), "{context}");
+    assert_eq!(held.viaduct_exit(), Some(1), "SIGTERM run exit\n{context}");
+    let stderr = held.viaduct_stderr().join("\n");
+    assert!(
+        stderr.contains("SIGTERM"),
+        "viaduct does not say why it stopped\n{context}"
+    );
+    assert!(
+        stderr.contains("releasing 1 passthrough device"),
+        "viaduct did not release the device on SIGTERM\n{context}"
+    );
+
+    let after = &runs[2];
+    assert_clean_run(after, &marker);
+    assert_eq!(
+        after.guest("NVME-MARKER"),
+        Some(disk.marker.as_str()),
+        "{}",
+        after.context()
+    );
+    assert_eq!(disk.token_at(1), "after", "{}", all.context());
+}

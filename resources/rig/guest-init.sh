@@ -6,11 +6,12 @@
 #   poweroff (default) -> poweroff -f
 #   reboot             -> reboot -f
 #   panic              -> sysrq crash; the kernel panics, pvpanic tells the VMM
+#   hold               -> print GUEST-HOLDING=1 and wait until the VMM is stopped from outside
 # viaduct_marker=<token> is echoed back as GUEST-MARKER=<token>, so a test knows the guest it
 # booted is the one that answered.
 #
 # viaduct_action= may also be a comma-separated list of steps, run in order; the guest powers off
-# after the last one unless that is reboot or panic. The passthrough steps (see docs/rig.md):
+# after the last one unless that is reboot, panic or hold. The passthrough steps (see docs/rig.md):
 #   nvme-io     read the marker in sector 0 of /dev/nvme0n1 (GUEST-NVME-MARKER=), write
 #               viaduct_write=<token> to sector 1 and read it back (GUEST-NVME-WROTE=), read
 #               viaduct_nvme_mib=<N> MiB with O_DIRECT if asked, report the nvme interrupts
@@ -255,7 +256,7 @@ for step in $(echo "$action" | tr ',' ' '); do
 	nvme-io) nvme_io ;;
 	ivshmem) ivshmem ;;
 	pci-report) ;;
-	poweroff | reboot | panic) final=$step ;;
+	poweroff | reboot | panic | hold) final=$step ;;
 	*) echo "GUEST-ERROR=unknown viaduct_action step '$step', powering off" ;;
 	esac
 done
@@ -272,6 +273,11 @@ reboot) reboot -f ;;
 panic)
 	echo 1 >/proc/sys/kernel/sysrq
 	echo c >/proc/sysrq-trigger
+	;;
+hold)
+	# Stay up until the VMM is stopped from outside (e.g. SIGTERM to viaduct).
+	echo "GUEST-HOLDING=1"
+	while :; do sleep 60; done
 	;;
 esac
 # Not reached unless the action failed; returning from init would panic the guest.
