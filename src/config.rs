@@ -348,6 +348,7 @@ pub fn build(cli: &Cli) -> Result<VmConfig, ConfigError> {
         console,
         pci,
         devices,
+        disks: Vec::new(),
     })
 }
 
@@ -688,6 +689,7 @@ pub fn parse_devices(
             pci_segment,
             id: parsed.id.clone(),
             gpudirect_clique: parsed.gpudirect_clique,
+            managed: false,
         });
         seen.push((value, parsed));
     }

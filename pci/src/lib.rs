@@ -18,4 +18,5 @@ pub mod host_bridge;
 pub mod legacy_ports;
 pub mod msi;
 pub mod msix;
+pub mod routing;
 pub mod segment;

@@ -47,6 +47,24 @@ pub struct VmConfig {
     pub pci: PciConfig,
     /// Host PCI devices passed through with VFIO (`--device`), in command-line order.
     pub devices: Vec<PassthroughDeviceConfig>,
+    /// virtio-blk disks (`--disk`), in command-line order (the guest sees them in this order).
+    pub disks: Vec<DiskConfig>,
+}
+
+/// One `--disk path=…` entry: a raw image (or block device) shown to the guest as virtio-blk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The raw image file or host block device.
+    pub path: PathBuf,
+    /// `readonly=on`: the guest sees a read-only disk and writes fail with an I/O error.
+    pub readonly: bool,
+    /// The PCI segment the disk sits on.
+    pub pci_segment: u16,
+    /// `id=`: names the disk in messages, and is the serial the guest reads
+    /// (`/sys/block/vdX/serial`, at most 20 bytes) unless `serial=` is given.
+    pub id: Option<String>,
+    /// `serial=`: the disk's serial number as the guest sees it (at most 20 bytes).
+    pub serial: Option<String>,
 }
 
 /// One `--device path=…` entry: a host device handed to the guest through VFIO.
@@ -61,6 +79,9 @@ pub struct PassthroughDeviceConfig {
     pub id: Option<String>,
     /// `x_nv_gpudirect_clique=N` (0..=15): advertise the NVIDIA GPUDirect P2P clique capability.
     pub gpudirect_clique: Option<u8>,
+    /// `managed=on`: viaduct binds the device (and what its IOMMU group needs) to vfio-pci before
+    /// the VM starts and gives them back to their original drivers when it exits.
+    pub managed: bool,
 }
 
 /// Largest `x_nv_gpudirect_clique` value: the capability's clique-id field is 4 bits wide.
