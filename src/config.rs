@@ -1129,6 +1129,7 @@ mod tests {
                 pci_segment: 2,
                 id: Some("gpu0".into()),
                 gpudirect_clique: Some(15),
+                managed: false,
             }]
         );
         // Quotes allow commas in the id; printable non-ASCII is fine.
