@@ -1,11 +1,14 @@
 //! Emulated devices of a viaduct guest (16550 serial, ACPI power management, the i8042 reset
-//! line, pvpanic) and the port/MMIO bus that dispatches vCPU exits to them.
+//! line, pvpanic, virtio-blk over the modern virtio-pci transport) and the port/MMIO bus that
+//! dispatches vCPU exits to them.
 //!
 //! Devices know nothing about KVM: they see reads and writes at offsets relative to where the
 //! VMM mapped them, raise interrupts through `EventFd`s and report guest-requested exits
 //! through an [`exit::ExitNotifier`]. Register emulation comes from vm-superio where it has
 //! one (serial, i8042); [`trigger`] adapts its `Trigger` trait to viaduct's primitives. All of
-//! them decode single-byte accesses only (see [`byte_access`]).
+//! the legacy devices decode single-byte accesses only (see [`byte_access`]). The [`virtio`]
+//! devices are PCI functions (`pci::device::PciDevice`); their queues are served by a worker
+//! thread per device, never on a vCPU.
 
 pub mod acpi_pm;
 pub mod bus;
@@ -15,3 +18,4 @@ pub mod i8042;
 pub mod pvpanic;
 pub mod serial;
 pub mod trigger;
+pub mod virtio;

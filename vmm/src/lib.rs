@@ -6,11 +6,13 @@
 
 pub mod config;
 mod console;
+mod disks;
 mod interrupts;
 mod legacy;
 mod memory;
 mod passthrough;
 mod pci;
+mod pci_device;
 mod signals;
 mod vcpu;
 mod vm;
@@ -90,6 +92,9 @@ pub enum Error {
     /// Devices could not be placed.
     #[error("device layout: {0}")]
     DeviceLayout(String),
+    /// A disk could not be set up; the message names the disk.
+    #[error("{0}")]
+    Disk(String),
     /// A passthrough device could not be set up; the message names the device.
     #[error("{0}")]
     Passthrough(String),
@@ -169,6 +174,7 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
         &mmio,
     )?;
     let router = Arc::new(interrupts::GsiRouter::new(vm.clone()));
+    let _disks = disks::Disks::attach(&config.disks, &vm, &mem, &pci, &mmio, router.clone())?;
     let _passthrough = passthrough::PassthroughGuard {
         passthrough: passthrough::Passthrough::attach(
             &config.devices,

@@ -13,13 +13,11 @@ use log::{info, warn};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use arch::layout;
-use devices::bus::{Bus, BusDevice};
+use devices::bus::Bus;
 use pci::address::Bdf;
 use pci::allocator::{BarRequest, Space, ROM_BAR};
 use pci::bar::{BarIndex, BarKind, BarMove, BarSpec};
-use pci::config_space::ConfigWriteEffect;
 use pci::device::PciDevice;
-use pci::error::PciError;
 use vfio_dev::access::{region, VfioDeviceAccess};
 use vfio_dev::container::VfioHost;
 use vfio_dev::device::VfioPciDevice;
@@ -29,6 +27,7 @@ use vfio_dev::routing::{Gsi, InterruptRouter};
 use crate::config::PassthroughDeviceConfig;
 use crate::memory::GuestMemoryMmap;
 use crate::pci::{BarRelocator, PciTopology};
+use crate::pci_device::{BarTrap, SharedDevice};
 use crate::Error;
 
 /// Hands out KVM memory slot numbers above the RAM slots.
@@ -153,63 +152,6 @@ fn munmap(host: usize, size: u64) {
     unsafe { libc::munmap(host as *mut libc::c_void, size as usize) };
 }
 
-/// The PCI-bus view of a shared passthrough device.
-struct SharedDevice {
-    name: String,
-    device: Arc<Mutex<VfioPciDevice>>,
-}
-
-impl SharedDevice {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VfioPciDevice> {
-        self.device.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl PciDevice for SharedDevice {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn read_config(&self, reg_idx: usize) -> u32 {
-        self.lock().read_config(reg_idx)
-    }
-    fn write_config(&mut self, reg_idx: usize, offset: usize, data: &[u8]) -> ConfigWriteEffect {
-        self.lock().write_config(reg_idx, offset, data)
-    }
-    fn bars(&self) -> Vec<BarSpec> {
-        self.lock().bars()
-    }
-    fn set_bar_address(&mut self, index: BarIndex, addr: u64) -> Result<(), PciError> {
-        self.lock().set_bar_address(index, addr)
-    }
-    fn read_bar(&mut self, index: BarIndex, offset: u64, data: &mut [u8]) {
-        self.lock().read_bar(index, offset, data)
-    }
-    fn write_bar(&mut self, index: BarIndex, offset: u64, data: &[u8]) {
-        self.lock().write_bar(index, offset, data)
-    }
-}
-
-/// The trapped part of one BAR, on the MMIO or port bus.
-struct BarTrap {
-    device: Arc<Mutex<VfioPciDevice>>,
-    bar: BarIndex,
-}
-
-impl BusDevice for BarTrap {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        self.device
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .read_bar(self.bar, offset, data)
-    }
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        self.device
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write_bar(self.bar, offset, data)
-    }
-}
-
 fn device_error(name: &str, what: impl std::fmt::Display) -> Error {
     Error::Passthrough(format!("passthrough device {name}: {what}"))
 }
@@ -275,8 +217,10 @@ impl Passthrough {
             this.devices.push(passed);
         }
         let this = Arc::new(this);
-        *pci.relocator.write().unwrap_or_else(|e| e.into_inner()) =
-            Some(this.clone() as Arc<dyn BarRelocator>);
+        pci.relocator
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(this.clone() as Arc<dyn BarRelocator>);
         Ok(this)
     }
 
@@ -341,10 +285,10 @@ impl Passthrough {
             .bus
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .add_device(Box::new(SharedDevice {
-                name: name.to_string(),
-                device: device.clone(),
-            }))
+            .add_device(Box::new(SharedDevice::new(
+                name.to_string(),
+                device.clone(),
+            )))
             .map_err(|e| device_error(name, e))?;
         info!("{name}: guest sees it at {:04x}:{bdf}", cfg.pci_segment);
 
@@ -371,10 +315,7 @@ impl Passthrough {
 
     /// Traps the whole BAR on its bus and maps its mappable areas over the trap.
     fn map_bar(&self, dev: &PassedDevice, spec: &BarSpec, addr: u64) -> Result<(), Error> {
-        let trap = Arc::new(Mutex::new(BarTrap {
-            device: dev.device.clone(),
-            bar: spec.index,
-        }));
+        let trap = Arc::new(Mutex::new(BarTrap::new(dev.device.clone(), spec.index)));
         self.bus_for(spec.kind)
             .insert(trap, addr, spec.size)
             .map_err(|e| device_error(&dev.name, format!("BAR {:?}: {e}", spec.index)))?;
@@ -493,10 +434,7 @@ impl BarRelocator for Passthrough {
         }
         let bus = self.bus_for(spec.kind);
         bus.remove(old);
-        let trap = Arc::new(Mutex::new(BarTrap {
-            device: dev.device.clone(),
-            bar: spec.index,
-        }));
+        let trap = Arc::new(Mutex::new(BarTrap::new(dev.device.clone(), spec.index)));
         if let Err(e) = bus.insert(trap, mv.new, spec.size) {
             warn!("{}: BAR {:?} at {:#x}: {e}", dev.name, mv.index, mv.new);
         }
@@ -539,7 +477,10 @@ pub struct PassthroughGuard {
 
 impl Drop for PassthroughGuard {
     fn drop(&mut self) {
-        *self.relocator.write().unwrap_or_else(|e| e.into_inner()) = None;
+        self.relocator
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.passthrough.shutdown();
     }
 }

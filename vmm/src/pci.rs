@@ -25,8 +25,9 @@ pub trait BarRelocator: Send + Sync {
     fn move_bar(&self, segment: u16, bdf: Bdf, mv: &BarMove);
 }
 
-/// The relocator the config-access paths call; set once the devices exist.
-pub type RelocatorSlot = Arc<RwLock<Option<Arc<dyn BarRelocator>>>>;
+/// The relocators the config-access paths call (one per kind of device with movable BARs);
+/// filled once the devices exist, emptied at teardown.
+pub type RelocatorSlot = Arc<RwLock<Vec<Arc<dyn BarRelocator>>>>;
 
 /// One segment: its root bus, its windows and the allocator that places BARs in them.
 pub struct Segment {
@@ -78,7 +79,7 @@ pub fn create_pci_topology(
     pio: &Bus,
     mmio: &Bus,
 ) -> Result<PciTopology, Error> {
-    let relocator: RelocatorSlot = Arc::new(RwLock::new(None));
+    let relocator: RelocatorSlot = Arc::new(RwLock::new(Vec::new()));
     let w32: Vec<u32> = cfg
         .segments
         .iter()
@@ -187,7 +188,7 @@ fn apply_effect(relocator: &RelocatorSlot, segment: u16, routed: Option<RoutedWr
             "PCI {segment:04x}:{bdf}: guest moved BAR {:?} from {:#x} to {:#x}",
             mv.index, mv.old, mv.new
         );
-        if let Some(r) = &relocator {
+        for r in &relocator {
             r.move_bar(segment, bdf, mv);
         }
     }

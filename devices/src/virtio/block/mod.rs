@@ -1,0 +1,301 @@
+//! virtio-blk backed by a raw image file or a host block device.
+//!
+//! One request queue of 256 entries, served by a worker thread (module `worker`) started when the
+//! driver sets DRIVER_OK. Offered features: VERSION_1, indirect descriptors, FLUSH (→
+//! `fdatasync`), SEG_MAX, BLK_SIZE (512) and RO for read-only disks. Requests: IN, OUT, FLUSH,
+//! GET_ID; anything else completes with `VIRTIO_BLK_S_UNSUPP`. The image is locked with `flock`
+//! (shared when read-only, exclusive otherwise) so two VMs cannot write it at once.
+
+mod request;
+mod worker;
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_ID_BYTES,
+};
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+
+use self::worker::Worker;
+use crate::virtio::{
+    features, ActivateError, ActiveQueue, GuestMemory, VirtioDevice, VirtioInterrupt,
+};
+
+/// Bytes per virtio-blk sector (fixed by the spec, whatever `blk_size` says).
+pub const SECTOR_SIZE: u64 = 512;
+/// Entries of the request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Most data segments per request the driver may use (`seg_max`): the queue size minus the
+/// header and status descriptors, as QEMU advertises.
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Logical block size advertised in `blk_size`.
+pub const BLOCK_SIZE: u32 = 512;
+
+/// Offsets in `struct virtio_blk_config`.
+pub mod config_offset {
+    /// le64: capacity in 512-byte sectors.
+    pub const CAPACITY: usize = 0;
+    /// le32: most segments per request.
+    pub const SEG_MAX: usize = 12;
+    /// le32: logical block size.
+    pub const BLK_SIZE: usize = 20;
+    /// le16: number of request queues (meaningful with VIRTIO_BLK_F_MQ).
+    pub const NUM_QUEUES: usize = 34;
+    /// Bytes of the structure we expose (through `num_queues`).
+    pub const LEN: usize = 36;
+}
+
+/// What the VMM knows about one disk (`--disk path=…,readonly=…,id=…,serial=…`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockConfig {
+    /// The raw image or host block device.
+    pub path: PathBuf,
+    /// Expose the disk read-only (writes complete with an I/O error).
+    pub readonly: bool,
+    /// Names the disk in messages; also the serial unless `serial` is set.
+    pub id: Option<String>,
+    /// The serial the guest reads (at most 20 bytes).
+    pub serial: Option<String>,
+}
+
+/// Why a disk could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The image could not be opened.
+    #[error("disk {disk}: cannot open {path}: {source}")]
+    Open {
+        /// The disk's id or path.
+        disk: String,
+        /// The image path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Another process holds a conflicting lock on the image.
+    #[error(
+        "disk {disk}: {path} is in use by another process (another VM?); \
+         stop it or give this VM a copy"
+    )]
+    Locked {
+        /// The disk's id or path.
+        disk: String,
+        /// The image path.
+        path: PathBuf,
+    },
+    /// The size of the image could not be determined.
+    #[error("disk {disk}: cannot determine the size of the image: {source}")]
+    Size {
+        /// The disk's id or path.
+        disk: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The image holds less than one sector.
+    #[error("disk {disk}: the image is {bytes} bytes, smaller than one {SECTOR_SIZE}-byte sector")]
+    TooSmall {
+        /// The disk's id or path.
+        disk: String,
+        /// Its size in bytes.
+        bytes: u64,
+    },
+    /// The serial does not fit the 20 bytes virtio-blk has for it.
+    #[error("disk {disk}: serial {serial:?} is {len} bytes; virtio-blk allows at most 20")]
+    SerialTooLong {
+        /// The disk's id or path.
+        disk: String,
+        /// The serial as given.
+        serial: String,
+        /// Its length in bytes.
+        len: usize,
+    },
+}
+
+/// The backing store, shared with the worker thread.
+pub(crate) struct Disk {
+    name: String,
+    file: File,
+    readonly: bool,
+    capacity_sectors: u64,
+    serial: [u8; VIRTIO_BLK_ID_BYTES as usize],
+}
+
+/// A virtio-blk device (type 2): implement the transport-independent half of the device.
+pub struct VirtioBlock {
+    disk: Arc<Disk>,
+    features: u64,
+    queue_sizes: [u16; 1],
+    config: [u8; config_offset::LEN],
+    worker: Option<Worker>,
+}
+
+impl VirtioBlock {
+    /// Opens and locks `config.path` (read-only when `config.readonly`).
+    pub fn open(config: &BlockConfig) -> Result<Self, BlockError> {
+        let disk = match &config.id {
+            Some(id) => id.clone(),
+            None => config.path.display().to_string(),
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!config.readonly)
+            .open(&config.path)
+            .map_err(|source| BlockError::Open {
+                disk: disk.clone(),
+                path: config.path.clone(),
+                source,
+            })?;
+        let mode = if config.readonly {
+            libc::LOCK_SH
+        } else {
+            libc::LOCK_EX
+        };
+        // SAFETY: flock on a file descriptor we own, no memory is passed.
+        if unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) } != 0 {
+            return Err(BlockError::Locked {
+                disk,
+                path: config.path.clone(),
+            });
+        }
+        let serial = config.serial.as_deref().or(config.id.as_deref());
+        Self::from_file(file, disk, config.readonly, serial)
+    }
+
+    /// Wraps an already-open `file` named `name` in messages, with the guest-visible `serial`
+    /// (at most 20 bytes). Takes no lock: that is [`VirtioBlock::open`]'s job.
+    pub fn from_file(
+        mut file: File,
+        name: String,
+        readonly: bool,
+        serial: Option<&str>,
+    ) -> Result<Self, BlockError> {
+        let serial = serial.unwrap_or("");
+        let mut serial_bytes = [0u8; VIRTIO_BLK_ID_BYTES as usize];
+        if serial.len() > serial_bytes.len() {
+            return Err(BlockError::SerialTooLong {
+                disk: name,
+                serial: serial.to_string(),
+                len: serial.len(),
+            });
+        }
+        serial_bytes[..serial.len()].copy_from_slice(serial.as_bytes());
+        // Seeking to the end also sizes block devices, whose metadata says 0.
+        let bytes = file
+            .seek(SeekFrom::End(0))
+            .map_err(|source| BlockError::Size {
+                disk: name.clone(),
+                source,
+            })?;
+        if bytes < SECTOR_SIZE {
+            return Err(BlockError::TooSmall { disk: name, bytes });
+        }
+        if !bytes.is_multiple_of(SECTOR_SIZE) {
+            log::warn!(
+                "disk {name}: the last {} bytes of the image are not a whole sector and are \
+                 not visible to the guest",
+                bytes % SECTOR_SIZE
+            );
+        }
+        let capacity_sectors = bytes / SECTOR_SIZE;
+        let mut features = features::VERSION_1
+            | features::RING_INDIRECT_DESC
+            | 1 << VIRTIO_BLK_F_FLUSH
+            | 1 << VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_BLK_F_BLK_SIZE;
+        if readonly {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        }
+        let mut config = [0u8; config_offset::LEN];
+        let mut put = |at: usize, bytes: &[u8]| config[at..at + bytes.len()].copy_from_slice(bytes);
+        put(config_offset::CAPACITY, &capacity_sectors.to_le_bytes());
+        put(config_offset::SEG_MAX, &SEG_MAX.to_le_bytes());
+        put(config_offset::BLK_SIZE, &BLOCK_SIZE.to_le_bytes());
+        put(config_offset::NUM_QUEUES, &1u16.to_le_bytes());
+        Ok(Self {
+            disk: Arc::new(Disk {
+                name,
+                file,
+                readonly,
+                capacity_sectors,
+                serial: serial_bytes,
+            }),
+            features,
+            queue_sizes: [QUEUE_SIZE],
+            config,
+            worker: None,
+        })
+    }
+
+    /// Size of the disk in 512-byte sectors.
+    pub fn capacity_sectors(&self) -> u64 {
+        self.disk.capacity_sectors
+    }
+
+    /// Whether the guest sees the disk read-only.
+    pub fn readonly(&self) -> bool {
+        self.disk.readonly
+    }
+}
+
+impl VirtioDevice for VirtioBlock {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn name(&self) -> &str {
+        &self.disk.name
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
+            *b = at.and_then(|at| self.config.get(at)).copied().unwrap_or(0);
+        }
+    }
+
+    fn activate(
+        &mut self,
+        mem: Arc<GuestMemory>,
+        _acked_features: u64,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), ActivateError> {
+        self.reset();
+        if !queues.iter().any(|q| q.index == 0) {
+            return Err(ActivateError::MissingQueue {
+                device: self.disk.name.clone(),
+                queue: 0,
+            });
+        }
+        let worker =
+            Worker::spawn(self.disk.clone(), mem, queues, interrupt).map_err(|source| {
+                ActivateError::Worker {
+                    device: self.disk.name.clone(),
+                    source,
+                }
+            })?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
