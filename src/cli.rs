@@ -7,7 +7,9 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Parser};
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// Default `--cpus` value.
 pub const DEFAULT_CPUS: &str = "boot=1";
@@ -22,12 +24,23 @@ pub const DEFAULT_PLATFORM: &str = "num_pci_segments=1";
 
 /// viaduct: a minimal KVM virtual machine monitor for PCI device passthrough (VFIO).
 ///
-/// The flags follow cloud-hypervisor's syntax, so existing command lines work unchanged for the
-/// features viaduct implements; options it does not implement are rejected with an error rather
-/// than silently ignored.
+/// Without a command, viaduct runs a VM: `viaduct --kernel bzImage [FLAGS]`. The flags follow
+/// cloud-hypervisor's syntax, so existing command lines work unchanged for the features viaduct
+/// implements; options it does not implement are rejected with an error rather than silently
+/// ignored. The commands prepare the host's devices for passthrough (see docs/host-devices.md).
 #[derive(Debug, Parser)]
-#[command(name = "viaduct", version, max_term_width = 100)]
+#[command(
+    name = "viaduct",
+    version,
+    max_term_width = 100,
+    subcommand_value_name = "COMMAND",
+    subcommand_help_heading = "Host device commands (instead of running a VM)"
+)]
 pub struct Cli {
+    /// A host device command; without one, viaduct runs a VM.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Guest kernel image: a bzImage or an ELF vmlinux (the format is detected). Required.
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
@@ -114,16 +127,181 @@ pub struct Cli {
     /// path=/sys/bus/pci/devices/0000:02:00.0,pci_segment=1,x_nv_gpudirect_clique=0,id=gpu1`.
     #[arg(
         long = "device",
-        value_name = "path=SYSFS[,pci_segment=K][,x_nv_gpudirect_clique=N][,id=NAME]",
+        value_name = "path=SYSFS[,pci_segment=K][,x_nv_gpudirect_clique=N][,id=NAME][,managed=on]",
         num_args = 1..,
         action = ArgAction::Append
     )]
     pub devices: Vec<String>,
 
+    /// A virtio-blk disk, one value per disk. Takes several values and may be repeated; the guest
+    /// sees the disks in command-line order (/dev/vda, /dev/vdb, ...).
+    ///
+    /// Keys: `path` (required) is a raw disk image or a host block device; it must be readable,
+    /// and writable unless `readonly=on`. `readonly=on` shows the guest a read-only disk (default
+    /// off). `pci_segment` is the guest PCI segment, below `--platform num_pci_segments` (default
+    /// 0). `id` names the disk in messages and is its serial unless `serial` is given; ids are
+    /// unique. `serial` is the serial number the guest reads (/sys/block/vdX/serial), at most 20
+    /// printable ASCII bytes. `image_type=raw` is accepted; other image types and the
+    /// cloud-hypervisor keys direct, iommu, num_queues, queue_size, vhost_user, socket, the rate
+    /// limits (bw_*, ops_*, rate_limit_group), queue_affinity, pci_device_id, backing_files and
+    /// sparse are not supported.
+    ///
+    /// Example: `--disk path=root.img,id=root path=seed.iso,readonly=on,serial=seed`.
+    #[arg(
+        long = "disk",
+        value_name = "path=FILE[,readonly=on|off][,pci_segment=K][,id=NAME][,serial=S]",
+        num_args = 1..,
+        action = ArgAction::Append
+    )]
+    pub disks: Vec<String>,
+
     /// Log more: none = warnings and errors, -v = info, -vv = debug, -vvv = trace. RUST_LOG, when
     /// set, overrides this (e.g. RUST_LOG=vmm=trace).
-    #[arg(short, long, action = ArgAction::Count)]
+    #[arg(short, long, action = ArgAction::Count, global = true)]
     pub verbose: u8,
+}
+
+impl Cli {
+    /// Parses `args` (the program name first) like [`Parser::try_parse_from`], and also refuses
+    /// VM flags next to a command (`viaduct --kernel k devices`): a command does not run a VM.
+    /// `-v` goes with either.
+    pub fn parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut command = Cli::command();
+        let matches = command.try_get_matches_from_mut(args)?;
+        let cli = Cli::from_arg_matches(&matches)?;
+        if let Some((name, _)) = matches.subcommand() {
+            let given: Vec<String> = command
+                .get_arguments()
+                .filter(|a| a.get_id() != "verbose")
+                .filter(|a| {
+                    matches.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine)
+                })
+                .map(|a| format!("--{}", a.get_long().unwrap_or(a.get_id().as_str())))
+                .collect();
+            if !given.is_empty() {
+                return Err(command.error(
+                    ErrorKind::ArgumentConflict,
+                    format!(
+                        "{} cannot be used with the `{name}` command: the VM flags run a VM, \
+                         the commands manage host devices; give one or the other",
+                        given.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(cli)
+    }
+}
+
+/// Which devices `viaduct devices` lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceClass {
+    /// Display controllers and processing accelerators (class 03, 12).
+    Gpu,
+    /// Network controllers (class 02).
+    Net,
+    /// Mass-storage controllers (class 01).
+    Storage,
+    /// Every PCI device.
+    All,
+}
+
+/// The host device commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the host's PCI devices: ids, class, driver, IOMMU group and its other members,
+    /// SR-IOV, mediated device types, and whether each is ready for passthrough (bound to
+    /// vfio-pci in a viable group).
+    Devices {
+        /// Only this kind of device.
+        #[arg(long, value_enum, default_value = "all")]
+        class: DeviceClass,
+        /// Print JSON (an array with one object per device) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hand devices to vfio-pci (driver_override, unbind, bind), remembering their drivers in
+    /// /run/viaduct/bound.json for `viaduct unbind`. vfio-pci must be loaded (modprobe
+    /// vfio-pci); nothing is loaded for you.
+    ///
+    /// PCI bridges and the device holding the root filesystem are refused unless --force. The
+    /// other members of each device's IOMMU group that must follow are listed; --group binds
+    /// them too.
+    Bind {
+        /// Devices, as DDDD:BB:DD.F, BB:DD.F or their sysfs paths.
+        #[arg(required = true, value_name = "BDF")]
+        devices: Vec<String>,
+        /// Also bind the members of each device's IOMMU group that are on host drivers.
+        #[arg(long)]
+        group: bool,
+        /// Bind bridges and the root filesystem's device too.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Give devices back from vfio-pci to the drivers they had before `viaduct bind` (the
+    /// kernel picks one for a device viaduct did not bind), and clear driver_override.
+    Unbind {
+        /// Devices, as DDDD:BB:DD.F, BB:DD.F or their sysfs paths.
+        #[arg(required = true, value_name = "BDF")]
+        devices: Vec<String>,
+        /// Also give back the members of their IOMMU groups that viaduct bound.
+        #[arg(long)]
+        group: bool,
+    },
+    /// Set the number of SR-IOV virtual functions of a physical function (0 removes them).
+    Sriov {
+        /// The physical function.
+        #[arg(value_name = "BDF")]
+        device: String,
+        /// How many VFs, from 0 to the device's sriov_totalvfs.
+        #[arg(long, value_name = "N")]
+        numvfs: u32,
+    },
+    /// Create or remove mediated devices (vGPU slices and the like).
+    Mdev {
+        /// create or remove.
+        #[command(subcommand)]
+        action: MdevCommand,
+    },
+    /// Say, line by line, whether this host is ready for passthrough: IOMMU, /dev/kvm, the vfio
+    /// modules, interrupt remapping, each device's group and /dev/vfio node, and locked memory.
+    /// Exits 0 only when nothing failed.
+    Check {
+        /// Devices to check, as BDFs or sysfs paths. Takes several values and may be repeated.
+        #[arg(long = "device", value_name = "PATH", num_args = 1.., action = ArgAction::Append)]
+        devices: Vec<String>,
+        /// The guest RAM to check RLIMIT_MEMLOCK against, written as for --memory.
+        #[arg(long, value_name = "SIZE", default_value = DEFAULT_MEMORY)]
+        memory: String,
+    },
+}
+
+/// `viaduct mdev` actions.
+#[derive(Debug, Subcommand)]
+pub enum MdevCommand {
+    /// Create a mediated device of TYPE (a directory of the parent's mdev_supported_types) on
+    /// PARENT; prints its UUID.
+    Create {
+        /// The parent device, as a BDF.
+        #[arg(value_name = "PARENT")]
+        parent: String,
+        /// The type, e.g. nvidia-63 (`viaduct devices` lists them).
+        #[arg(value_name = "TYPE")]
+        mdev_type: String,
+        /// The new device's UUID (default: a new random one).
+        #[arg(long, value_name = "UUID")]
+        uuid: Option<String>,
+    },
+    /// Remove the mediated device UUID.
+    Remove {
+        /// Its UUID.
+        #[arg(value_name = "UUID")]
+        uuid: String,
+    },
 }
 
 #[cfg(test)]
@@ -146,6 +324,8 @@ mod tests {
         assert_eq!(cli.platform, DEFAULT_PLATFORM);
         assert!(cli.pci_segments.is_empty());
         assert!(cli.devices.is_empty());
+        assert!(cli.disks.is_empty());
+        assert!(cli.command.is_none());
         assert_eq!(cli.cmdline, None);
         assert_eq!(cli.verbose, 0);
     }
@@ -211,5 +391,74 @@ mod tests {
             ]
         );
         assert_eq!(cli.kernel.as_deref(), Some(std::path::Path::new("k")));
+    }
+
+    #[test]
+    fn disk_takes_several_values_and_repeats() {
+        let cli = Cli::try_parse_from([
+            "viaduct",
+            "--disk",
+            "path=/a",
+            "path=/b,readonly=on",
+            "--kernel",
+            "k",
+            "--disk=path=/c",
+        ])
+        .unwrap();
+        assert_eq!(cli.disks, ["path=/a", "path=/b,readonly=on", "path=/c"]);
+    }
+
+    #[test]
+    fn commands_parse_and_vm_flags_do_not_mix_with_them() {
+        let cli = Cli::try_parse_from(["viaduct", "devices", "--class", "gpu", "--json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Devices {
+                class: DeviceClass::Gpu,
+                json: true
+            })
+        ));
+        let cli = Cli::try_parse_from(["viaduct", "-v", "bind", "--group", "01:00.0"]).unwrap();
+        assert_eq!(cli.verbose, 1);
+        assert!(matches!(
+            cli.command,
+            Some(Command::Bind { group: true, .. })
+        ));
+        let cli = Cli::try_parse_from(["viaduct", "check", "--device", "a", "b", "-v"]).unwrap();
+        assert_eq!(cli.verbose, 1);
+        match cli.command {
+            Some(Command::Check { devices, memory }) => {
+                assert_eq!(devices, ["a", "b"]);
+                assert_eq!(memory, DEFAULT_MEMORY);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "viaduct",
+            "mdev",
+            "create",
+            "0000:03:00.0",
+            "nvidia-63",
+            "--uuid",
+            "u",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Mdev {
+                action: MdevCommand::Create { .. }
+            })
+        ));
+        let err = Cli::parse_args(["viaduct", "--kernel", "k", "--memory", "1G", "devices"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--kernel, --memory cannot be used with the `devices` command"),
+            "{err}"
+        );
+        let cli = Cli::parse_args(["viaduct", "-vv", "devices"]).unwrap();
+        assert_eq!(cli.verbose, 2);
+        assert!(Cli::try_parse_from(["viaduct", "bind"]).is_err());
+        assert!(Cli::try_parse_from(["viaduct", "sriov", "0000:02:00.0"]).is_err());
     }
 }

@@ -82,8 +82,14 @@ const PCI_SEGMENT: OptionSpec = OptionSpec::new(&[
 ]);
 
 /// `--device` keys, and the cloud-hypervisor ones viaduct does not implement.
-const DEVICE: OptionSpec = OptionSpec::new(&["path", "pci_segment", "x_nv_gpudirect_clique", "id"])
-    .unsupported(&["fd", "iommu", "pci_device_id", "x_exclude_mmap_bars"]);
+const DEVICE: OptionSpec = OptionSpec::new(&[
+    "path",
+    "pci_segment",
+    "x_nv_gpudirect_clique",
+    "id",
+    "managed",
+])
+.unsupported(&["fd", "iommu", "pci_device_id", "x_exclude_mmap_bars"]);
 
 /// Where host PCI devices are listed, for error messages.
 const SYSFS_PCI_DEVICES: &str = "/sys/bus/pci/devices";
@@ -220,6 +226,9 @@ pub enum InvalidValue {
          path={SYSFS_PCI_DEVICES}/0000:01:00.0 (list devices with `ls {SYSFS_PCI_DEVICES}`)"
     )]
     DevicePathMissing,
+    /// A `--disk` value is wrong; see [`crate::disk::DiskError`].
+    #[error(transparent)]
+    Disk(#[from] crate::disk::DiskError),
     /// The device path does not exist.
     #[error("no such device: {0}; list devices with `ls {SYSFS_PCI_DEVICES}`")]
     NoSuchDevice(String),
@@ -338,6 +347,7 @@ pub fn build(cli: &Cli) -> Result<VmConfig, ConfigError> {
     let pci = parse_pci(&cli.platform, &cli.pci_segments)?;
     // After --platform, whichever came first on the command line: pci_segment needs the count.
     let devices = parse_devices(&cli.devices, pci.segments.len())?;
+    let disks = crate::disk::parse_disks(&cli.disks, pci.segments.len())?;
     Ok(VmConfig {
         kernel: kernel.to_path_buf(),
         initramfs: cli.initramfs.clone(),
@@ -348,7 +358,7 @@ pub fn build(cli: &Cli) -> Result<VmConfig, ConfigError> {
         console,
         pci,
         devices,
-        disks: Vec::new(),
+        disks,
     })
 }
 
@@ -576,6 +586,8 @@ pub struct DeviceValue {
     pub gpudirect_clique: Option<u8>,
     /// `id`, non-empty and printable.
     pub id: Option<String>,
+    /// `managed=on`: viaduct binds the device to vfio-pci for the VM and gives it back after.
+    pub managed: bool,
 }
 
 /// Parses one `--device` value on its own: keys, numbers, the id, and that `path` is an existing
@@ -602,6 +614,10 @@ pub fn parse_device(value: &str) -> Result<DeviceValue, ConfigError> {
                 .ok_or_else(|| invalid(InvalidValue::GpudirectClique(printable(clique))))
         })
         .transpose()?;
+    let managed = options
+        .get_toggle("managed")
+        .map_err(|e| invalid(e.into()))?
+        .unwrap_or(false);
     let id = options.get("id").map(str::to_string);
     match id.as_deref() {
         Some("") => return Err(invalid(InvalidValue::DeviceIdEmpty)),
@@ -639,6 +655,7 @@ pub fn parse_device(value: &str) -> Result<DeviceValue, ConfigError> {
         segment,
         gpudirect_clique,
         id,
+        managed,
     })
 }
 
@@ -689,7 +706,7 @@ pub fn parse_devices(
             pci_segment,
             id: parsed.id.clone(),
             gpudirect_clique: parsed.gpudirect_clique,
-            managed: false,
+            managed: parsed.managed,
         });
         seen.push((value, parsed));
     }
@@ -1271,7 +1288,7 @@ mod tests {
             (
                 "iommu=on",
                 "key \"iommu\" is a cloud-hypervisor option that viaduct does not support \
-                 (supported keys: path, pci_segment, x_nv_gpudirect_clique, id)"
+                 (supported keys: path, pci_segment, x_nv_gpudirect_clique, id, managed)"
                     .to_string(),
             ),
             (
@@ -1289,7 +1306,7 @@ mod tests {
             (
                 "bogus=1",
                 "unknown key \"bogus\" (supported keys: path, pci_segment, \
-                 x_nv_gpudirect_clique, id)"
+                 x_nv_gpudirect_clique, id, managed)"
                     .to_string(),
             ),
             (

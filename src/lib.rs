@@ -1,11 +1,16 @@
 //! The viaduct command-line front end: flag definitions ([`cli`]), the cloud-hypervisor style
 //! `key=value` option parser ([`options`]), validation into a [`vmm::config::VmConfig`]
-//! ([`config`]) and logging setup ([`logging`]). The `viaduct` binary ties them together.
+//! ([`config`], [`disk`]), running the VM with its `managed=on` devices ([`launch`]), the host
+//! device commands ([`commands`]) and logging setup ([`logging`]). The `viaduct` binary ties
+//! them together.
 
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod disk;
+pub mod launch;
 pub mod logging;
 pub mod options;
 

@@ -1,15 +1,18 @@
-//! The `viaduct` binary: parses the command line, runs the VM and maps the outcome to an exit
-//! status (0 for a guest power-off or reboot request, 2 for a bad command line, 1 when the VM
-//! fails).
+//! The `viaduct` binary: runs a host device command when one is given, and otherwise parses the
+//! VM command line and runs the VM. Exit status: 0 for success (a guest power-off or reboot
+//! request), 2 for a bad command line, 1 when the VM or the command fails.
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use viaduct::{cli::Cli, config, error_chain, logging};
+use viaduct::{cli::Cli, commands, config, error_chain, launch, logging};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
     logging::init(cli.verbose);
+
+    if let Some(command) = &cli.command {
+        return commands::run(command);
+    }
 
     let config = match config::build(&cli) {
         Ok(config) => config,
@@ -19,19 +22,5 @@ fn main() -> ExitCode {
         }
     };
     log::debug!("VM configuration: {config:?}");
-
-    match vmm::run(config) {
-        Ok(vmm::Outcome::PowerOff) => ExitCode::SUCCESS,
-        Ok(vmm::Outcome::Reboot) => {
-            eprintln!(
-                "viaduct: the guest asked to reboot; viaduct does not restart guests in place, \
-                 exiting"
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("viaduct: error: {}", error_chain(&e));
-            ExitCode::FAILURE
-        }
-    }
+    launch::run(config)
 }

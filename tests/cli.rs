@@ -725,7 +725,8 @@ fn help_describes_device() {
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
     for needle in [
-        "--device <path=SYSFS[,pci_segment=K][,x_nv_gpudirect_clique=N][,id=NAME]>...",
+        "--device <path=SYSFS[,pci_segment=K][,x_nv_gpudirect_clique=N][,id=NAME][,managed=on]>...",
+        "managed=on",
         "/sys/bus/pci/devices/DDDD:BB:DD.F",
         "`pci_segment`",
         "`x_nv_gpudirect_clique`",
@@ -740,4 +741,480 @@ fn help_describes_device() {
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// --disk
+// ---------------------------------------------------------------------------------------------
+
+impl Scratch {
+    /// Makes `name` a raw disk image of 1 MiB and returns its path.
+    fn image(&self, name: &str) -> String {
+        let path = self.path(name);
+        fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        path.display().to_string()
+    }
+}
+
+#[test]
+fn disk_bad_values_are_one_error_line_each() {
+    let s = Scratch::new();
+    let img = s.image("disk.img");
+    let missing = s.path("missing.img").display().to_string();
+    let dir = s.device_dir("a-directory");
+    let cases: Vec<(Vec<String>, String, &str)> = vec![
+        (
+            vec![format!("path={missing}")],
+            format!("path={missing}"),
+            "cannot access",
+        ),
+        (
+            vec![format!("path={dir}")],
+            format!("path={dir}"),
+            "is a directory, not a raw disk image (a regular file) or a block device",
+        ),
+        (
+            vec![format!("path={img},serial=ABCDEFGHIJKLMNOPQRSTU")],
+            format!("path={img},serial=ABCDEFGHIJKLMNOPQRSTU"),
+            "serial is 21 bytes long; the virtio-blk serial holds at most 20 bytes",
+        ),
+        (
+            vec![format!("path={img},num_queues=4")],
+            format!("path={img},num_queues=4"),
+            "key \"num_queues\" is a cloud-hypervisor option that viaduct does not support",
+        ),
+        (
+            vec![format!("path={img},vhost_user=on")],
+            format!("path={img},vhost_user=on"),
+            "does not support",
+        ),
+        (
+            vec![
+                format!("path={img},id=a"),
+                format!("path={img},id=a,readonly=on"),
+            ],
+            format!("path={img},id=a,readonly=on"),
+            "id \"a\" is already used by --disk",
+        ),
+        (
+            vec![format!("path={img},pci_segment=1")],
+            format!("path={img},pci_segment=1"),
+            "PCI segment 1 does not exist",
+        ),
+        (
+            vec!["readonly=on".to_string()],
+            "readonly=on".to_string(),
+            "path= is required",
+        ),
+    ];
+    for (values, bad, want) in cases {
+        let mut args = vec!["--disk".to_string()];
+        args.extend(values);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let err = assert_rejected(&with_kernel(&s, &args), "--disk", &bad);
+        assert!(err.contains(want), "{bad}: wanted {want:?} in {err}");
+    }
+}
+
+#[test]
+fn valid_disks_reach_vmm() {
+    let s = Scratch::new();
+    let a = s.image("a.img");
+    let b = s.image("b.img");
+    let first = format!("path={a},id=root,serial=SN1");
+    let second = format!("path={b},readonly=on,pci_segment=1,image_type=raw");
+    let out = with_kernel(
+        &s,
+        &[
+            "--disk",
+            &first,
+            "--platform",
+            "num_pci_segments=2",
+            "--disk",
+            &second,
+        ],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(!err.contains("--disk"), "looks like a parse error: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn help_describes_disk() {
+    let output = viaduct(["--help"]);
+    let help = String::from_utf8_lossy(&output.stdout);
+    for needle in [
+        "--disk <path=FILE[,readonly=on|off][,pci_segment=K][,id=NAME][,serial=S]>...",
+        "at most 20",
+        "image_type=raw",
+        "num_queues",
+        "vhost_user",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host device commands against a fixture host tree (VIADUCT_SYSFS_ROOT and friends)
+// ---------------------------------------------------------------------------------------------
+
+use vfio_dev::host::json::{self, Value};
+
+/// A fake host: `sys`, `proc`, `dev` and a state file under one temporary directory.
+struct HostTree {
+    root: PathBuf,
+}
+
+impl HostTree {
+    fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let root = std::env::temp_dir().join(format!(
+            "viaduct-cli-host-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&root);
+        for dir in [
+            "sys/bus/pci/devices",
+            "sys/kernel/iommu_groups",
+            "proc/self",
+            "dev",
+        ] {
+            fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        fs::write(
+            root.join("proc/self/mountinfo"),
+            "1 1 0:2 / / rw - rootfs rootfs rw\n",
+        )
+        .unwrap();
+        HostTree { root }
+    }
+
+    fn sys(&self, rel: &str) -> PathBuf {
+        self.root.join("sys").join(rel)
+    }
+
+    fn file(&self, rel: &str, content: &str) {
+        let p = self.root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, content).unwrap();
+    }
+
+    fn driver(&self, name: &str) -> PathBuf {
+        let dir = self.sys(&format!("bus/pci/drivers/{name}"));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A PCI function in `group` on `driver`.
+    fn pci(&self, bdf: &str, ids: (u16, u16, u32), driver: Option<&str>, group: u32) -> PathBuf {
+        use std::os::unix::fs::symlink;
+        let dir = self.sys(&format!("devices/pci0000:00/{bdf}"));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("vendor"), format!("0x{:04x}\n", ids.0)).unwrap();
+        fs::write(dir.join("device"), format!("0x{:04x}\n", ids.1)).unwrap();
+        fs::write(dir.join("class"), format!("0x{:06x}\n", ids.2)).unwrap();
+        if let Some(d) = driver {
+            symlink(self.driver(d), dir.join("driver")).unwrap();
+        }
+        let g = self.sys(&format!("kernel/iommu_groups/{group}/devices"));
+        fs::create_dir_all(&g).unwrap();
+        symlink(g.parent().unwrap(), dir.join("iommu_group")).unwrap();
+        symlink(&dir, g.join(bdf)).unwrap();
+        symlink(&dir, self.sys(&format!("bus/pci/devices/{bdf}"))).unwrap();
+        dir
+    }
+
+    fn link(&self, target: &Path, link: &Path) {
+        std::os::unix::fs::symlink(target, link).unwrap();
+    }
+
+    /// The example host.
+    fn example() -> Self {
+        let t = HostTree::new();
+        t.pci(
+            "0000:00:01.0",
+            (0x8086, 0x1901, 0x060400),
+            Some("pcieport"),
+            1,
+        );
+        t.pci(
+            "0000:01:00.0",
+            (0x10de, 0x2204, 0x030000),
+            Some("nvidia"),
+            12,
+        );
+        t.pci(
+            "0000:01:00.1",
+            (0x10de, 0x1aef, 0x040300),
+            Some("snd_hda_intel"),
+            12,
+        );
+        let pf = t.pci("0000:02:00.0", (0x8086, 0x1521, 0x020000), Some("igb"), 13);
+        t.file("sys/devices/pci0000:00/0000:02:00.0/sriov_totalvfs", "8\n");
+        t.file("sys/devices/pci0000:00/0000:02:00.0/sriov_numvfs", "2\n");
+        for (n, vf) in ["0000:02:10.0", "0000:02:10.4"].iter().enumerate() {
+            let dir = t.pci(vf, (0x8086, 0x1520, 0x020000), Some("igbvf"), 20 + n as u32);
+            t.link(&dir, &pf.join(format!("virtfn{n}")));
+            t.link(&pf, &dir.join("physfn"));
+        }
+        t.pci(
+            "0000:03:00.0",
+            (0x10de, 0x1eb8, 0x030200),
+            Some("nvidia"),
+            14,
+        );
+        let ty = "sys/devices/pci0000:00/0000:03:00.0/mdev_supported_types/nvidia-63";
+        t.file(&format!("{ty}/name"), "GRID T4-1B\n");
+        t.file(&format!("{ty}/available_instances"), "16\n");
+        t.file(&format!("{ty}/create"), "");
+        t.pci(
+            "0000:04:00.0",
+            (0x1b36, 0x0010, 0x010802),
+            Some("vfio-pci"),
+            15,
+        );
+        t
+    }
+
+    /// Everything `viaduct check` wants.
+    fn make_ready(&self) {
+        self.file("sys/firmware/acpi/tables/DMAR", "DMAR");
+        fs::create_dir_all(self.sys("class/iommu/dmar0")).unwrap();
+        for m in ["vfio", "vfio_pci", "vfio_iommu_type1"] {
+            fs::create_dir_all(self.sys(&format!("module/{m}"))).unwrap();
+        }
+        self.driver("vfio-pci");
+        self.file("dev/kvm", "");
+        self.file("dev/vfio/vfio", "");
+        self.file("dev/vfio/15", "");
+        self.file("proc/interrupts", " 24: 1 IR-PCI-MSI 512000-edge nvme0q0\n");
+        self.file("proc/self/status", "CapEff:\t000001ffffffffff\n");
+    }
+
+    fn run<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        Command::new(env!("CARGO_BIN_EXE_viaduct"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env("VIADUCT_SYSFS_ROOT", self.root.join("sys"))
+            .env("VIADUCT_PROC_ROOT", self.root.join("proc"))
+            .env("VIADUCT_DEV_ROOT", self.root.join("dev"))
+            .env("VIADUCT_STATE_FILE", self.root.join("run/bound.json"))
+            .output()
+            .expect("run viaduct")
+    }
+}
+
+impl Drop for HostTree {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn device<'a>(list: &'a Value, bdf: &str) -> &'a Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d.get("bdf").and_then(Value::as_str) == Some(bdf))
+        .unwrap_or_else(|| panic!("{bdf} not listed"))
+}
+
+#[test]
+fn devices_json_reports_groups_sriov_and_mdev() {
+    let t = HostTree::example();
+    let out = t.run(["devices", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list = json::parse(&stdout(&out)).expect("valid JSON");
+    assert_eq!(list.as_array().unwrap().len(), 8);
+
+    let gpu = device(&list, "0000:01:00.0");
+    assert_eq!(gpu.get("vendor_id").unwrap().as_str(), Some("10de"));
+    assert_eq!(gpu.get("device_id").unwrap().as_str(), Some("2204"));
+    assert_eq!(gpu.get("class").unwrap().as_str(), Some("030000"));
+    assert_eq!(gpu.get("driver").unwrap().as_str(), Some("nvidia"));
+    assert_eq!(gpu.get("iommu_group").unwrap().as_int(), Some(12));
+    let members = gpu.get("group_members").unwrap().as_array().unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(
+        members[0].get("bdf").unwrap().as_str(),
+        Some("0000:01:00.1")
+    );
+    assert_eq!(
+        members[0].get("driver").unwrap().as_str(),
+        Some("snd_hda_intel")
+    );
+    assert_eq!(gpu.get("ready").unwrap().as_bool(), Some(false));
+
+    let pf = device(&list, "0000:02:00.0");
+    let sriov = pf.get("sriov").unwrap();
+    assert_eq!(sriov.get("totalvfs").unwrap().as_int(), Some(8));
+    assert_eq!(sriov.get("numvfs").unwrap().as_int(), Some(2));
+    let vf = device(&list, "0000:02:10.4");
+    assert_eq!(vf.get("physfn").unwrap().as_str(), Some("0000:02:00.0"));
+
+    let t4 = device(&list, "0000:03:00.0");
+    let types = t4.get("mdev_types").unwrap().as_array().unwrap();
+    assert_eq!(types[0].get("type").unwrap().as_str(), Some("nvidia-63"));
+    assert_eq!(types[0].get("name").unwrap().as_str(), Some("GRID T4-1B"));
+    assert_eq!(
+        types[0].get("available_instances").unwrap().as_int(),
+        Some(16)
+    );
+
+    let nvme = device(&list, "0000:04:00.0");
+    assert_eq!(nvme.get("ready").unwrap().as_bool(), Some(true));
+    assert_eq!(nvme.get("not_ready_reason"), Some(&Value::Null));
+}
+
+#[test]
+fn devices_class_filter_and_table() {
+    let t = HostTree::example();
+    let out = t.run(["devices", "--class", "gpu", "--json"]);
+    let list = json::parse(&stdout(&out)).unwrap();
+    let bdfs: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.get("bdf").unwrap().as_str().unwrap())
+        .collect();
+    assert_eq!(bdfs, ["0000:01:00.0", "0000:03:00.0"]);
+    let out = t.run(["devices", "--class", "net"]);
+    assert!(out.status.success());
+    let table = stdout(&out);
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(table.contains("SR-IOV 2/8 VFs"), "{table}");
+    assert!(table.contains("VF of 0000:02:00.0"), "{table}");
+    let out = t.run(["devices", "--class", "sound"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// One error line, exit `code`, no panic.
+fn assert_command_error(output: &Output, code: i32) -> String {
+    let err = stderr(output);
+    assert_eq!(output.status.code(), Some(code), "{err}");
+    assert!(err.starts_with("viaduct: error: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn bind_refusals_name_the_device_and_the_remedy() {
+    let t = HostTree::example();
+    fs::remove_dir_all(t.sys("bus/pci/drivers/vfio-pci")).unwrap();
+    let err = assert_command_error(&t.run(["bind", "0000:01:00.0"]), 1);
+    assert!(
+        err.contains("vfio-pci is not loaded: run modprobe vfio-pci"),
+        "{err}"
+    );
+    t.driver("vfio-pci");
+    let err = assert_command_error(&t.run(["bind", "00:01.0"]), 1);
+    assert!(
+        err.contains("0000:00:01.0 is a bridge (PCI-bridge, class 060400)"),
+        "{err}"
+    );
+    let err = assert_command_error(&t.run(["bind", "0000:09:00.0"]), 1);
+    assert!(err.contains("there is no PCI device 0000:09:00.0"), "{err}");
+    let err = assert_command_error(&t.run(["bind", "nvme0"]), 2);
+    assert!(err.contains("\"nvme0\" is not a PCI address"), "{err}");
+    let err = assert_command_error(&t.run(["sriov", "0000:02:00.0", "--numvfs", "9"]), 1);
+    assert!(err.contains("offers at most 8 VFs"), "{err}");
+    let err = assert_command_error(&t.run(["mdev", "create", "0000:03:00.0", "nvidia-99"]), 1);
+    assert!(
+        err.contains("does not offer the mdev type nvidia-99; it offers: nvidia-63 (GRID T4-1B)"),
+        "{err}"
+    );
+    let err = assert_command_error(
+        &t.run(["mdev", "remove", "c2e088c6-7fd5-4b7d-9d5b-0f8c2b3c0a11"]),
+        1,
+    );
+    assert!(err.contains("there is no mediated device"), "{err}");
+}
+
+#[test]
+fn check_reports_ready_and_missing_vfio() {
+    let t = HostTree::example();
+    t.make_ready();
+    let out = t.run(["check", "--device", "0000:04:00.0", "--memory", "1G"]);
+    let report = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(
+        report.contains("ok    0000:04:00.0: 1b36:0010 NVMe on vfio-pci; IOMMU group 15 viable"),
+        "{report}"
+    );
+    assert!(
+        report.ends_with("this host is ready for passthrough\n"),
+        "{report}"
+    );
+
+    // The GPU's group is not viable; its line says why and what to run.
+    let out = t.run(["check", "--device", "/sys/bus/pci/devices/0000:01:00.0/"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report = stdout(&out);
+    assert!(
+        report.contains("FAIL  0000:01:00.0: on nvidia, not vfio-pci"),
+        "{report}"
+    );
+
+    for m in ["vfio", "vfio_pci", "vfio_iommu_type1"] {
+        fs::remove_dir_all(t.sys(&format!("module/{m}"))).unwrap();
+    }
+    fs::remove_dir_all(t.sys("bus/pci/drivers/vfio-pci")).unwrap();
+    let out = t.run(["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report = stdout(&out);
+    assert!(report.contains("FAIL  vfio modules: vfio, vfio_pci, vfio_iommu_type1 not loaded: run modprobe vfio-pci"), "{report}");
+    assert!(
+        report.contains("not ready for passthrough: 1 problem above"),
+        "{report}"
+    );
+}
+
+#[test]
+fn managed_device_that_cannot_be_bound_stops_before_the_vm() {
+    let s = Scratch::new();
+    let t = HostTree::example();
+    t.driver("vfio-pci");
+    let bridge = format!(
+        "path={},managed=on",
+        t.sys("bus/pci/devices/0000:00:01.0").display()
+    );
+    let kernel = s.kernel();
+    let out = t.run(["--kernel", &kernel, "--device", &bridge]);
+    let err = assert_command_error(&out, 1);
+    assert!(
+        err.contains("managed device: 0000:00:01.0 is a bridge"),
+        "{err}"
+    );
+    // A device already on vfio-pci is left alone and the VM starts (and fails on the kernel).
+    let nvme = format!(
+        "path={},managed=on",
+        t.sys("bus/pci/devices/0000:04:00.0").display()
+    );
+    let out = t.run(["--kernel", &kernel, "--device", &nvme]);
+    assert_reaches_vmm_with_devices(&out);
+    let err = stderr(&out);
+    assert!(!err.contains("managed"), "{err}");
+    let maybe = format!(
+        "path={},managed=maybe",
+        t.sys("bus/pci/devices/0000:04:00.0").display()
+    );
+    let err = assert_rejected(
+        &t.run(["--kernel", &kernel, "--device", &maybe]),
+        "--device",
+        &maybe,
+    );
+    assert!(
+        err.contains("managed: \"maybe\" is not on, off, true or false"),
+        "{err}"
+    );
 }

@@ -18,6 +18,7 @@ pub mod dma;
 pub mod error;
 #[cfg(test)]
 mod fake;
+pub mod host;
 mod interrupts;
 pub mod routing;
 pub mod sparse;

@@ -178,7 +178,7 @@ pub fn class_name(class: u32) -> &'static str {
 }
 
 /// Whether `s` looks like a PCI address, `DDDD:BB:DD.F` or `BB:DD.F`.
-fn looks_like_bdf(s: &str) -> bool {
+pub(crate) fn looks_like_bdf(s: &str) -> bool {
     let hex = |p: &str, n: usize| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit());
     let (rest, func) = match s.rsplit_once('.') {
         Some(x) => x,
@@ -245,7 +245,7 @@ fn what_it_is(path: &Path, meta: &fs::Metadata) -> String {
 }
 
 /// The basename of the target of symlink `link`, or `None` when `link` does not exist.
-fn link_basename(device: &str, link: &Path) -> Result<Option<String>, VfioError> {
+pub(crate) fn link_basename(device: &str, link: &Path) -> Result<Option<String>, VfioError> {
     match fs::read_link(link) {
         Ok(target) => target
             .file_name()
@@ -271,7 +271,7 @@ fn parse_hex(s: &str) -> Option<u32> {
 }
 
 /// Reads the hex attribute `name` of the device at `dir`.
-fn read_hex(device: &str, dir: &Path, name: &str) -> Result<u32, VfioError> {
+pub(crate) fn read_hex(device: &str, dir: &Path, name: &str) -> Result<u32, VfioError> {
     let file = dir.join(name);
     let text = fs::read_to_string(&file).map_err(|e| VfioError::Sysfs {
         device: device.to_string(),
