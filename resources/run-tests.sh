@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The one test command for viaduct, locally and in CI: bash resources/run-tests.sh
 #
-# On a fresh Debian 12 machine (as root) it installs what the rig needs and fetches the guest
-# kernel (resources/rig/fetch.sh), then runs, in order:
+# On a fresh Debian 12 machine (as root) it installs what the rig needs, fetches the guest
+# kernel (resources/rig/fetch.sh) and builds the rig's images and the Debian cloud image
+# (resources/cloud-image/build.sh, about two minutes the first time; all cached under
+# ${XDG_CACHE_HOME:-$HOME/.cache}/viaduct-rig), then runs, in order:
 #   cargo fmt --all -- --check
 #   cargo clippy --workspace --all-targets -- -D warnings
 #   cargo test --workspace          (unit tests, CLI tests and the nested-rig tests)
@@ -44,6 +46,7 @@ ensure_rust() {
 step "rust toolchain" ensure_rust || exit 1
 step "rig setup" bash resources/rig/fetch.sh || exit 1
 step "rig images" bash resources/rig/build.sh || exit 1
+step "cloud image" bash resources/cloud-image/build.sh || exit 1
 
 step "fmt" cargo fmt --all -- --check
 step "clippy" cargo clippy --workspace --all-targets -- -D warnings

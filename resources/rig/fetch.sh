@@ -4,7 +4,7 @@
 #
 # Usage: resources/rig/fetch.sh [--refresh]
 #   --refresh  resolve linux-image-cloud-amd64 again and fetch a newer kernel if there is one.
-# Environment: VIADUCT_RIG_CACHE (default <repo>/.rig-cache).
+# Environment: VIADUCT_RIG_CACHE (default ${XDG_CACHE_HOME:-$HOME/.cache}/viaduct-rig).
 #
 # With a warm cache this does no network work. Safe to run concurrently (flock).
 set -euo pipefail

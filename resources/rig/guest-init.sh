@@ -21,6 +21,15 @@
 #               (GUEST-IVSHMEM-BAR2=<start>,<size>, GUEST-IVSHMEM-READBACK=<offset>:<token>);
 #               viaduct_ivshmem_touch=<N> adds N reads spread over the BAR (GUEST-IVSHMEM-TOUCHED=)
 #   pci-report  nothing more than the PCI report every boot prints
+#   disk-io     virtio block devices (see docs/rig.md, "Disk tests"): writes viaduct_write=<token>
+#               to the first and last sector of viaduct_disk_rw=<vdX> with O_DIRECT and reads it
+#               back (GUEST-DISK-WROTE=<dev>,<token>, GUEST-DISK-WROTE-LAST=<dev>,<token>); tries
+#               to write to viaduct_disk_ro=<vdX> (GUEST-DISK-RO-FLAG=<dev>,<0|1>,
+#               GUEST-DISK-RO-MARKER=<dev>,<token before>, GUEST-DISK-RO-WRITE=<dev>,refused|accepted,
+#               GUEST-DISK-RO-ERROR=<dev>,<dd's error>, GUEST-DISK-RO-AFTER=<dev>,<token after>);
+#               reads viaduct_disk_mib=<N> MiB of viaduct_disk_read=<vdX> with O_DIRECT, bs=1M
+#               (GUEST-DISK-READ-MIB=, GUEST-DISK-READ-SECONDS=, GUEST-DISK-READ-MBPS=)
+# Every boot prints GUEST-BLK=<name>,<512-byte sectors>,<ro 0|1>,<serial> per virtio disk.
 # Every boot prints GUEST-PCIDEV=<bdf>,<vendor>:<device>,<class> and GUEST-BAR=<bdf>,<index>,
 # <start>,<end>,<flags> for each PCI device, and with viaduct_dump_config=<bdf|vendor:device>
 # GUEST-CONFIG=<config space bytes 0x00-0xff, 512 hex digits>. A step that cannot be done prints
@@ -229,6 +238,72 @@ ivshmem() {
 	fi
 }
 
+# GUEST-BLK=<name>,<sectors>,<ro>,<serial> for each virtio block device.
+blk_report() {
+	for dev in /sys/block/vd*; do
+		[ -e "$dev" ] || continue
+		echo "GUEST-BLK=${dev##*/},$(cat "$dev/size"),$(cat "$dev/ro"),$(cat "$dev/serial" 2>/dev/null)"
+	done
+}
+
+# Waits up to 30 s for block device /dev/$1; prints GUEST-ERROR and fails if it does not appear.
+wait_blk() {
+	waited=0
+	while [ ! -b "/dev/$1" ] && [ "$waited" -lt 30 ]; do
+		sleep 1
+		waited=$((waited + 1))
+	done
+	[ -b "/dev/$1" ] && return 0
+	echo "GUEST-ERROR=disk-io: no /dev/$1 after ${waited}s (virtio disks: $(cd /sys/block && echo vd*))"
+	return 1
+}
+
+# One line without spaces, for a KEY=value report.
+one_word() { tr -s ' \n\t' '___' | sed 's/_*$//' | tr -cd 'A-Za-z0-9._:/=-' | head -c 160; }
+
+# The disk-io step: writes, a refused write, and timed reads on virtio block devices.
+disk_io() {
+	token=$(cmdline_value viaduct_write)
+	token=${token:-disk-io-token}
+	rw=$(cmdline_value viaduct_disk_rw)
+	if [ -n "$rw" ] && wait_blk "$rw"; then
+		sectors=$(cat "/sys/block/$rw/size")
+		last=$((sectors - 1))
+		for sector in 0 "$last"; do
+			printf '%s' "$token" | dd of="/dev/$rw" bs=512 seek="$sector" count=1 conv=sync,fsync oflag=direct \
+				2>/tmp/dd.err || echo "GUEST-ERROR=disk-io: writing sector $sector of $rw failed: $(one_word </tmp/dd.err)"
+		done
+		sync
+		echo "GUEST-DISK-WROTE=$rw,$(read_token "/dev/$rw" 'bs=512 count=1 iflag=direct')"
+		echo "GUEST-DISK-WROTE-LAST=$rw,$(read_token "/dev/$rw" "bs=512 skip=$last count=1 iflag=direct")"
+	fi
+	ro=$(cmdline_value viaduct_disk_ro)
+	if [ -n "$ro" ] && wait_blk "$ro"; then
+		echo "GUEST-DISK-RO-FLAG=$ro,$(cat "/sys/block/$ro/ro")"
+		echo "GUEST-DISK-RO-MARKER=$ro,$(read_token "/dev/$ro" 'bs=512 count=1 iflag=direct')"
+		if printf '%s' "$token" | dd of="/dev/$ro" bs=512 count=1 conv=sync,fsync oflag=direct 2>/tmp/dd.err; then
+			echo "GUEST-DISK-RO-WRITE=$ro,accepted"
+		else
+			echo "GUEST-DISK-RO-WRITE=$ro,refused"
+			echo "GUEST-DISK-RO-ERROR=$ro,$(one_word </tmp/dd.err)"
+		fi
+		echo "GUEST-DISK-RO-AFTER=$ro,$(read_token "/dev/$ro" 'bs=512 count=1 iflag=direct')"
+	fi
+	rd=$(cmdline_value viaduct_disk_read)
+	mib=$(cmdline_value viaduct_disk_mib)
+	if [ -n "$rd" ] && [ -n "$mib" ] && wait_blk "$rd"; then
+		t0=$(cut -d' ' -f1 /proc/uptime)
+		if dd if="/dev/$rd" of=/dev/null bs=1M count="$mib" iflag=direct 2>/tmp/dd.err; then
+			t1=$(cut -d' ' -f1 /proc/uptime)
+			echo "GUEST-DISK-READ-MIB=$mib"
+			echo "GUEST-DISK-READ-SECONDS=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')"
+			echo "GUEST-DISK-READ-MBPS=$(awk -v a="$t0" -v b="$t1" -v m="$mib" 'BEGIN { if (b > a) printf "%.1f", m * 1.048576 / (b - a); else print "inf" }')"
+		else
+			echo "GUEST-ERROR=disk-io: reading $mib MiB of $rd failed: $(one_word </tmp/dd.err)"
+		fi
+	fi
+}
+
 action=$(cmdline_value viaduct_action)
 action=${action:-poweroff}
 
@@ -249,12 +324,14 @@ echo "GUEST-ACTION=$action"
 
 pci_report
 dump_config
+blk_report
 
 final=poweroff
 for step in $(echo "$action" | tr ',' ' '); do
 	case $step in
 	nvme-io) nvme_io ;;
 	ivshmem) ivshmem ;;
+	disk-io) disk_io ;;
 	pci-report) ;;
 	poweroff | reboot | panic | hold) final=$step ;;
 	*) echo "GUEST-ERROR=unknown viaduct_action step '$step', powering off" ;;

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Shared helpers for the rig scripts. Sourced, never executed.
 #
-# Layout of the cache ($RIG_CACHE, default <repo>/.rig-cache):
+# Layout of the cache ($RIG_CACHE: $VIADUCT_RIG_CACHE, default ${XDG_CACHE_HOME:-$HOME/.cache}/viaduct-rig,
+# outside the repository so that every clone on a machine, CI's fresh ones included, shares it):
 #   kernel/            the Debian cloud kernel package, unpacked
 #     VERSION          e.g. 6.1.0-56-cloud-amd64
 #     pkg/             dpkg -x of linux-image-<VERSION>
@@ -13,10 +14,12 @@
 #   l2-base.cpio       the static part of the rig host's initramfs
 #   *.key              what each built file was built from (rebuilt when it changes)
 #   .lock              flock(1) lock serialising fetch and build
+#   cloud-image/       the Debian cloud image (resources/cloud-image/build.sh), its own lock
 
 RIG_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck disable=SC2034 # used by the scripts that source this file
 REPO_DIR=$(cd "$RIG_DIR/../.." && pwd)
-RIG_CACHE=${VIADUCT_RIG_CACHE:-$REPO_DIR/.rig-cache}
+RIG_CACHE=${VIADUCT_RIG_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/viaduct-rig}
 # shellcheck disable=SC2034 # used by the scripts that source this file
 KERNEL_DIR=$RIG_CACHE/kernel
 

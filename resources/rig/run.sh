@@ -3,13 +3,15 @@
 # L2 runs the scenario script, in which viaduct boots its own guest (L3).
 #
 # Usage: resources/rig/run.sh --viaduct PATH --scenario FILE [--timeout SECS] [--log FILE]
-#                             [--file SRC=DEST]... [-- EXTRA QEMU ARGS...]
+#                             [--file SRC=DEST]... [--binary SRC=DEST]... [-- EXTRA QEMU ARGS...]
 #   --viaduct PATH    the viaduct binary; lands in L2 as /usr/bin/viaduct (with its libraries)
 #   --scenario FILE   a shell script run by L2's busybox sh as /rig/scenario.sh
 #   --timeout SECS    kill QEMU after this long (default 600)
 #   --log FILE        also write the serial log there (default: a file in a temporary directory,
 #                     kept when the run fails)
 #   --file SRC=DEST   put file SRC into L2 at path DEST (repeatable)
+#   --binary SRC=DEST put ELF binary SRC into L2 at DEST with the shared libraries it needs
+#                     (repeatable; e.g. a second VMM to compare with)
 #   -- ARGS           appended to the QEMU command line (devices, disks, ...)
 # In L2: /guest/bzImage, /guest/vmlinux (PVH ELF), /guest/initramfs.cpio.gz (the busybox guest).
 #
@@ -24,12 +26,13 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
-	sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 
 VIADUCT="" SCENARIO="" TIMEOUT=600 LOG=""
 FILES=()
+BINARIES=()
 QEMU_EXTRA=()
 while [[ $# -gt 0 ]]; do
 	case $1 in
@@ -38,6 +41,7 @@ while [[ $# -gt 0 ]]; do
 	--timeout) TIMEOUT=${2:?}; shift 2 ;;
 	--log) LOG=${2:?}; shift 2 ;;
 	--file) FILES+=("${2:?}"); shift 2 ;;
+	--binary) BINARIES+=("${2:?}"); shift 2 ;;
 	--) shift; QEMU_EXTRA=("$@"); break ;;
 	-h | --help) usage ;;
 	*) echo "run.sh: unknown argument '$1'" >&2; usage ;;
@@ -92,6 +96,12 @@ for spec in "${FILES[@]}"; do
 	[[ -f $src && $dest == /* ]] || rig_die "--file wants SRC=/ABSOLUTE/DEST with SRC a file, got '$spec'"
 	mkdir -p "$ROOT$(dirname "$dest")"
 	cp "$src" "$ROOT$dest"
+done
+for spec in "${BINARIES[@]}"; do
+	src=${spec%%=*} dest=${spec#*=}
+	[[ -f $src && -x $src && $dest == /* ]] ||
+		rig_die "--binary wants SRC=/ABSOLUTE/DEST with SRC an executable, got '$spec'"
+	add_binary "$src" "$dest"
 done
 (cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) >>"$WORK/initrd"
 

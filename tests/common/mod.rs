@@ -64,6 +64,17 @@ pub fn fresh_rig_dir(test_name: &str) -> PathBuf {
 /// without emptying the test's directory first (it may hold the disk images those arguments
 /// name; see [`RigHost`]).
 pub fn run_rig_with(test_name: &str, scenario: &str, qemu_args: &[String]) -> RigRun {
+    run_rig_with_files(test_name, scenario, &[], qemu_args)
+}
+
+/// [`run_rig_with`] that also puts `files` into the rig host: each `(source on this machine,
+/// absolute path in L2)` becomes a `run.sh --file SRC=DEST`.
+pub fn run_rig_with_files(
+    test_name: &str,
+    scenario: &str,
+    files: &[(PathBuf, String)],
+    qemu_args: &[String],
+) -> RigRun {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = rig_dir(test_name);
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
@@ -74,6 +85,10 @@ pub fn run_rig_with(test_name: &str, scenario: &str, qemu_args: &[String]) -> Ri
 
     let timeout = std::env::var("VIADUCT_RIG_TIMEOUT").unwrap_or(RIG_TIMEOUT_SECS.to_string());
     let started = Instant::now();
+    let file_args: Vec<String> = files
+        .iter()
+        .flat_map(|(src, dest)| ["--file".to_string(), format!("{}={dest}", src.display())])
+        .collect();
     let status = Command::new("bash")
         .arg(repo.join("resources/rig/run.sh"))
         .arg("--viaduct")
@@ -84,6 +99,7 @@ pub fn run_rig_with(test_name: &str, scenario: &str, qemu_args: &[String]) -> Ri
         .arg(&log_path)
         .arg("--timeout")
         .arg(&timeout)
+        .args(&file_args)
         .args(if qemu_args.is_empty() {
             &[][..]
         } else {
@@ -684,6 +700,304 @@ impl RigRun {
             })
             .collect()
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Disks: virtio block devices of the rig host (L2's /dev/vdX), which viaduct uses as raw disks
+// with --disk path=/dev/vdX, and the rig's Debian cloud image (resources/cloud-image/)
+// ---------------------------------------------------------------------------------------------
+
+/// The rig host's PCI slot of its first virtio disk; the n-th disk a test adds sits at slot
+/// `SLOT_VIRTIO_DISK_FIRST + n`, and L2's virtio_blk names the disks in PCI order, so the n-th
+/// disk is `/dev/vd<a + n>` in L2. Slots 0x08–0x0f do not collide with the passthrough slots.
+pub const SLOT_VIRTIO_DISK_FIRST: u8 = 0x08;
+/// How many virtio disks a rig host can have (slots 0x08–0x0f).
+pub const MAX_VIRTIO_DISKS: usize = 8;
+
+/// How L1 QEMU backs one of the rig host's virtio disks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostDiskMode {
+    /// Read-write: the rig host's writes (and its guest's) reach the file on this machine.
+    ReadWrite,
+    /// Read-only in the rig host too (`/sys/block/vdX/ro` = 1): nothing can change the file.
+    ReadOnly,
+    /// Writes go to a temporary overlay that QEMU drops at exit (`snapshot=on`): the file, e.g.
+    /// the cached cloud image, is never changed, and runs can share it.
+    Snapshot,
+}
+
+/// A virtio disk of the rig host: `/dev/<name>` in L2, backed by `image` on this machine.
+pub struct HostDisk {
+    /// The block device's name in L2, e.g. `vda`.
+    pub name: String,
+    /// Its serial (`/sys/block/<name>/serial` in L2), which the scenario checks.
+    pub serial: String,
+    pub image: PathBuf,
+    pub mode: HostDiskMode,
+}
+
+impl HostDisk {
+    /// `/dev/<name>`, the path viaduct gets with `--disk path=…`.
+    pub fn dev(&self) -> String {
+        format!("/dev/{}", self.name)
+    }
+
+    /// `len` bytes of the image at `offset`, as the file is now.
+    pub fn read(&self, offset: u64, len: usize) -> Vec<u8> {
+        read_at(&self.image, offset, len)
+    }
+
+    /// The leading token of 512-byte sector `n` of the image.
+    pub fn token_at(&self, n: u64) -> String {
+        leading_token(&self.read(n * 512, 512))
+    }
+
+    /// The image's size in 512-byte sectors.
+    pub fn sectors(&self) -> u64 {
+        fs::metadata(&self.image)
+            .unwrap_or_else(|e| panic!("cannot stat {}: {e}", self.image.display()))
+            .len()
+            / 512
+    }
+}
+
+impl RigHost {
+    /// How many virtio disks were added so far (each is one `virtio-blk-pci` device).
+    fn virtio_disk_count(&self) -> usize {
+        self.qemu_args
+            .iter()
+            .filter(|a| a.starts_with("virtio-blk-pci,"))
+            .count()
+    }
+
+    /// Gives the rig host a virtio disk backed by `image`: the first one added is `/dev/vda` in
+    /// L2, the next `/dev/vdb`, and so on (fixed PCI slots from [`SLOT_VIRTIO_DISK_FIRST`]).
+    /// `serial` (≤ 20 characters) is what the scenario from [`rig_disk_check`] verifies.
+    pub fn virtio_disk(&mut self, serial: &str, image: &Path, mode: HostDiskMode) -> HostDisk {
+        let n = self.virtio_disk_count();
+        assert!(
+            n < MAX_VIRTIO_DISKS,
+            "at most {MAX_VIRTIO_DISKS} virtio disks"
+        );
+        assert!(
+            serial.len() <= 20,
+            "a virtio-blk serial has at most 20 bytes"
+        );
+        let id = format!("vd{n}");
+        let mode_opts = match mode {
+            HostDiskMode::ReadWrite => "",
+            HostDiskMode::ReadOnly => ",readonly=on",
+            HostDiskMode::Snapshot => ",snapshot=on",
+        };
+        self.qemu_args([
+            "-drive".to_string(),
+            format!(
+                "file={},if=none,id={id},format=raw{mode_opts}",
+                image.display()
+            ),
+            "-device".to_string(),
+            format!(
+                "virtio-blk-pci,drive={id},serial={serial},bus=pcie.0,addr={:#x}",
+                SLOT_VIRTIO_DISK_FIRST as usize + n
+            ),
+        ]);
+        HostDisk {
+            name: format!("vd{}", (b'a' + n as u8) as char),
+            serial: serial.to_string(),
+            image: image.to_path_buf(),
+            mode,
+        }
+    }
+
+    /// Creates `<dir>/<name>.img`, `bytes` long (sparse, all zeros, or `marker` at sector 0 if
+    /// not empty), and adds it as the next virtio disk (see [`RigHost::virtio_disk`]); `name` is
+    /// its serial too.
+    pub fn new_virtio_disk(
+        &mut self,
+        name: &str,
+        bytes: u64,
+        marker: &str,
+        mode: HostDiskMode,
+    ) -> HostDisk {
+        let image = self.dir.join(format!("{name}.img"));
+        let file = fs::File::create(&image)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", image.display()));
+        file.set_len(bytes).expect("size the disk image");
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(marker.as_bytes(), 0)
+            .expect("write the marker");
+        self.virtio_disk(name, &image, mode)
+    }
+
+    /// Runs `scenario` in this rig host with `files` put into it (see [`run_rig_with_files`]).
+    pub fn run_with_files(&self, scenario: &str, files: &[(PathBuf, String)]) -> RigRun {
+        run_rig_with_files(&self.test_name, scenario, files, &self.qemu_args)
+    }
+}
+
+/// [`viaduct_command`] with its own bound of `timeout_secs` instead of
+/// [`VIADUCT_TIMEOUT_SECS`], for guests that take longer (the cloud image boots systemd and
+/// cloud-init under nested emulation). Keep it well inside the rig's timeout.
+pub fn viaduct_command_with_timeout(args: &str, timeout_secs: u64) -> String {
+    viaduct_command(args).replace(
+        &format!("timeout -s KILL {VIADUCT_TIMEOUT_SECS} "),
+        &format!("timeout -s KILL {timeout_secs} "),
+    )
+}
+
+/// Scenario lines that check the rig host's virtio disks before viaduct runs: each `/dev/<name>`
+/// exists and has the expected serial. Prints `RIG-DISK=<name>,<sectors>,<ro>,<serial>` per
+/// disk; a missing or misnamed disk prints `RIG-ERROR: …`, which fails the rig run.
+pub fn rig_disk_check(disks: &[&HostDisk]) -> String {
+    let mut lines = String::new();
+    for disk in disks {
+        let name = &disk.name;
+        let serial = &disk.serial;
+        let _ = writeln!(
+            lines,
+            "if [ -b /dev/{name} ] && [ \"$(cat /sys/block/{name}/serial 2>/dev/null)\" = {serial} ]; then \
+             echo \"RIG-DISK={name},$(cat /sys/block/{name}/size),$(cat /sys/block/{name}/ro),{serial}\"; \
+             else echo \"RIG-ERROR: the rig host has no /dev/{name} with serial {serial} \
+             (disks: $(cd /sys/block && echo vd*); is virtio_blk loaded? see RIG-NOTE lines)\"; exit 1; fi"
+        );
+    }
+    lines
+}
+
+/// The rig's Debian 12 cloud image, built and cached by `resources/cloud-image/build.sh`.
+pub struct CloudImage {
+    /// The raw disk (GPT, root filesystem on partition 1). Shared by every test: give it to the
+    /// rig host with [`HostDiskMode::Snapshot`] so that no run changes it.
+    pub disk: PathBuf,
+    /// The image's kernel and initrd, for direct kernel boot.
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The kernel version, e.g. `6.1.0-37-cloud-amd64`.
+    pub version: String,
+}
+
+/// Where the cloud image's kernel and initrd go in the rig host.
+pub const CLOUD_KERNEL_IN_L2: &str = "/guest/cloud/vmlinuz";
+pub const CLOUD_INITRD_IN_L2: &str = "/guest/cloud/initrd.img";
+/// The guest command line that boots the cloud image from its first disk, with `quiet` (every
+/// console byte crosses two levels of virtualization) unless `VIADUCT_RIG_GUEST_VERBOSE=1`.
+pub fn cloud_cmdline() -> &'static str {
+    match std::env::var("VIADUCT_RIG_GUEST_VERBOSE").as_deref() {
+        Ok("1") => "console=ttyS0 root=/dev/vda1 rw",
+        _ => "console=ttyS0 root=/dev/vda1 rw quiet",
+    }
+}
+
+/// Builds the cloud image if the cache does not hold an up-to-date one (minutes, once per
+/// machine; see docs/cloud-images.md) and returns it. Panics with the build's output on failure.
+pub fn cloud_image() -> CloudImage {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let started = Instant::now();
+    let out = Command::new("bash")
+        .arg(repo.join("resources/cloud-image/build.sh"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run resources/cloud-image/build.sh: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        panic!(
+            "resources/cloud-image/build.sh failed ({}):\n{}",
+            out.status,
+            stderr.trim_end()
+        );
+    }
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    eprintln!(
+        "cloud image ready in {:.1}s: {}",
+        started.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    let version = fs::read_to_string(dir.join("VERSION"))
+        .unwrap_or_else(|e| panic!("no VERSION in {}: {e}", dir.display()))
+        .trim()
+        .to_string();
+    CloudImage {
+        disk: dir.join("disk.raw"),
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initrd.img"),
+        version,
+    }
+}
+
+impl CloudImage {
+    /// The `(source, destination)` pairs that put the kernel and initrd into the rig host.
+    pub fn files_for_l2(&self) -> Vec<(PathBuf, String)> {
+        vec![
+            (self.kernel.clone(), CLOUD_KERNEL_IN_L2.to_string()),
+            (self.initrd.clone(), CLOUD_INITRD_IN_L2.to_string()),
+        ]
+    }
+}
+
+/// What the cloud guest's user-data does (`resources/cloud-image/user-data.sh`).
+#[derive(Clone, Debug, Default)]
+pub struct CloudUserData {
+    /// Printed by runcmd as `GUEST-CLOUD-MARKER=<marker>`.
+    pub marker: String,
+    /// Written to a file by write_files and reported back as `GUEST-CLOUD-FILE=<file_token>`.
+    pub file_token: String,
+    /// A disk (e.g. `vdc`) whose first sector the guest overwrites with the marker.
+    pub blank: Option<String>,
+    /// A disk (e.g. `vdd`) the guest tries to write to.
+    pub readonly: Option<String>,
+}
+
+/// Writes a NoCloud seed disk (vfat, label `cidata`) for `user_data` to `<dir>/seed.img`, with
+/// a fresh instance-id, and returns its path.
+pub fn cloud_seed(dir: &Path, user_data: &CloudUserData) -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut args = vec![
+        "--marker".to_string(),
+        user_data.marker.clone(),
+        "--file".to_string(),
+        user_data.file_token.clone(),
+    ];
+    if let Some(dev) = &user_data.blank {
+        args.extend(["--blank".to_string(), dev.clone()]);
+    }
+    if let Some(dev) = &user_data.readonly {
+        args.extend(["--readonly".to_string(), dev.clone()]);
+    }
+    let out = Command::new("bash")
+        .arg(repo.join("resources/cloud-image/user-data.sh"))
+        .args(&args)
+        .output()
+        .expect("run resources/cloud-image/user-data.sh");
+    assert!(
+        out.status.success(),
+        "user-data.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let user_data_path = dir.join("user-data");
+    fs::write(&user_data_path, &out.stdout).expect("write user-data");
+    let meta_data_path = dir.join("meta-data");
+    fs::write(
+        &meta_data_path,
+        format!(
+            "instance-id: iid-{}\nlocal-hostname: viaduct-cloud\n",
+            marker_token()
+        ),
+    )
+    .expect("write meta-data");
+    let seed = dir.join("seed.img");
+    let out = Command::new("bash")
+        .arg(repo.join("resources/cloud-image/seed.sh"))
+        .arg(&seed)
+        .arg(&user_data_path)
+        .arg(&meta_data_path)
+        .output()
+        .expect("run resources/cloud-image/seed.sh");
+    assert!(
+        out.status.success(),
+        "seed.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    seed
 }
 
 #[cfg(test)]
