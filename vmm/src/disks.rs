@@ -20,7 +20,7 @@ use pci::routing::InterruptRouter;
 use crate::config::DiskConfig;
 use crate::memory::GuestMemoryMmap;
 use crate::pci::{BarRelocator, PciTopology};
-use crate::pci_device::{BarTrap, SharedDevice};
+use crate::pci_device::{move_trapped_bar, BarTrap, SharedDevice};
 use crate::Error;
 
 /// One disk on the PCI bus.
@@ -180,27 +180,16 @@ impl BarRelocator for Disks {
         if spec.index != mv.index {
             return;
         }
-        if let Some(allocator) = self.allocators.get(usize::from(segment)) {
-            if let Err(e) = allocator
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .relocate(Space::Mem64, old, mv.new, spec.size)
-            {
-                warn!(
-                    "disk {}: guest moved its BAR to {:#x}: {e}",
-                    disk.name, mv.new
-                );
-            }
-        }
         unregister_doorbells(&self.vm, &disk.doorbells, old);
-        self.mmio.remove(old);
-        if let Err(e) = self.mmio.insert(
-            Arc::new(Mutex::new(BarTrap::new(disk.device.clone(), spec.index))),
+        move_trapped_bar(
+            &format!("disk {}", disk.name),
+            self.allocators.get(usize::from(segment)),
+            &self.mmio,
+            &disk.device,
+            &spec,
+            old,
             mv.new,
-            spec.size,
-        ) {
-            warn!("disk {}: BAR at {:#x}: {e}", disk.name, mv.new);
-        }
+        );
         if let Err(e) = register_doorbells(&self.vm, &disk.doorbells, mv.new) {
             warn!(
                 "disk {}: {e}; queue notifications will trap instead",

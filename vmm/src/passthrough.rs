@@ -15,7 +15,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use arch::layout;
 use devices::bus::Bus;
 use pci::address::Bdf;
-use pci::allocator::{BarRequest, Space, ROM_BAR};
+use pci::allocator::{BarRequest, ROM_BAR};
 use pci::bar::{BarIndex, BarKind, BarMove, BarSpec};
 use pci::device::PciDevice;
 use vfio_dev::access::{region, VfioDeviceAccess};
@@ -27,7 +27,7 @@ use vfio_dev::routing::{Gsi, InterruptRouter};
 use crate::config::PassthroughDeviceConfig;
 use crate::memory::GuestMemoryMmap;
 use crate::pci::{BarRelocator, PciTopology};
-use crate::pci_device::{BarTrap, SharedDevice};
+use crate::pci_device::{move_trapped_bar, space_of, BarTrap, SharedDevice};
 use crate::Error;
 
 /// Hands out KVM memory slot numbers above the RAM slots.
@@ -89,14 +89,6 @@ pub struct Passthrough {
     ram: Vec<GuestRamRegion>,
     host: Option<VfioHost>,
     allocators: Vec<Arc<Mutex<pci::allocator::SegmentAllocator>>>,
-}
-
-fn space_of(kind: BarKind) -> Space {
-    match kind {
-        BarKind::Io => Space::Io,
-        BarKind::Mem32 => Space::Mem32,
-        BarKind::Mem64 => Space::Mem64,
-    }
 }
 
 fn bar_number(index: BarIndex) -> u8 {
@@ -420,24 +412,15 @@ impl BarRelocator for Passthrough {
             return;
         };
         let (spec, old) = *entry;
-        if let Some(allocator) = self.allocators.get(usize::from(segment)) {
-            let moved = allocator
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .relocate(space_of(spec.kind), old, mv.new, spec.size);
-            if let Err(e) = moved {
-                warn!(
-                    "{}: guest moved BAR {:?} to {:#x}: {e}",
-                    dev.name, mv.index, mv.new
-                );
-            }
-        }
-        let bus = self.bus_for(spec.kind);
-        bus.remove(old);
-        let trap = Arc::new(Mutex::new(BarTrap::new(dev.device.clone(), spec.index)));
-        if let Err(e) = bus.insert(trap, mv.new, spec.size) {
-            warn!("{}: BAR {:?} at {:#x}: {e}", dev.name, mv.index, mv.new);
-        }
+        move_trapped_bar(
+            &dev.name,
+            self.allocators.get(usize::from(segment)),
+            self.bus_for(spec.kind),
+            &dev.device,
+            &spec,
+            old,
+            mv.new,
+        );
         for area in dev
             .areas
             .lock()

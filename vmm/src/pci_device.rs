@@ -3,8 +3,10 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use devices::bus::BusDevice;
-use pci::bar::{BarIndex, BarSpec};
+use devices::bus::{Bus, BusDevice};
+use log::warn;
+use pci::allocator::{SegmentAllocator, Space};
+use pci::bar::{BarIndex, BarKind, BarSpec};
 use pci::config_space::ConfigWriteEffect;
 use pci::device::PciDevice;
 use pci::error::PciError;
@@ -75,5 +77,43 @@ impl<T: PciDevice> BusDevice for BarTrap<T> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .write_bar(self.bar, offset, data)
+    }
+}
+
+/// The allocator space a BAR of `kind` comes from.
+pub fn space_of(kind: BarKind) -> Space {
+    match kind {
+        BarKind::Io => Space::Io,
+        BarKind::Mem32 => Space::Mem32,
+        BarKind::Mem64 => Space::Mem64,
+    }
+}
+
+/// What every device with a trapped BAR does when the guest moves that BAR from `old` to `new`:
+/// update the segment allocator's record and move the trap on `bus`. The guest has already
+/// written the BAR, so problems (an overlap, a range outside the windows) are logged, not
+/// returned; the device-specific parts (memory slots, doorbells) are the caller's.
+pub fn move_trapped_bar<T: PciDevice + 'static>(
+    name: &str,
+    allocator: Option<&Arc<Mutex<SegmentAllocator>>>,
+    bus: &Bus,
+    device: &Arc<Mutex<T>>,
+    spec: &BarSpec,
+    old: u64,
+    new: u64,
+) {
+    if let Some(allocator) = allocator {
+        let moved = allocator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .relocate(space_of(spec.kind), old, new, spec.size);
+        if let Err(e) = moved {
+            warn!("{name}: guest moved BAR {:?} to {new:#x}: {e}", spec.index);
+        }
+    }
+    bus.remove(old);
+    let trap = Arc::new(Mutex::new(BarTrap::new(device.clone(), spec.index)));
+    if let Err(e) = bus.insert(trap, new, spec.size) {
+        warn!("{name}: BAR {:?} at {new:#x}: {e}", spec.index);
     }
 }
