@@ -17,6 +17,7 @@ pub mod error;
 pub mod host_bridge;
 pub mod legacy_ports;
 pub mod msi;
+pub mod msi_vector;
 pub mod msix;
 pub mod routing;
 pub mod segment;

@@ -9,10 +9,8 @@
 //! - while detached, the eventfd keeps counting what the device raised: that count *is* the
 //!   pending bit the guest reads in the PBA (checked with `poll`, never consumed);
 //! - on unmask the count is consumed, the irqfd attached, and the eventfd signalled once more,
-//!   so KVM's irqfd wakeup delivers the pending interrupt exactly once ("deliver on unmask").
-//!   KVM also injects an already-signalled eventfd at assign time, but leaves its count set,
-//!   which would make the vector look pending again after a later mask; re-signalling after
-//!   consuming is deterministic and independent of that detail.
+//!   so KVM delivers the pending interrupt exactly once ("deliver on unmask"). Each vector is a
+//!   [`MsiVector`], which keeps that invariant (its module documents the details).
 //! - INTx uses a level-triggered irqfd with a resample eventfd that VFIO watches to unmask the
 //!   line when the guest EOIs it, so no EOI goes through the VMM; it is off while MSI or MSI-X
 //!   is on.
@@ -20,64 +18,27 @@
 //! Failures while the guest programs interrupts are logged with the device and vector and
 //! leave that vector undelivered; they never panic.
 
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use pci::msi::{Msi, MsiChange, MsiMessage};
+use pci::msi_vector::MsiVector;
 use pci::msix::{Msix, MsixChange};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::access::{irq, VfioDeviceAccess};
 use crate::routing::{Gsi, InterruptRouter};
 
-/// One MSI or MSI-X vector: its eventfd (handed to VFIO) and its KVM side.
-struct Vector {
-    event: EventFd,
-    gsi: Option<Gsi>,
-    route: Option<MsiMessage>,
-    attached: bool,
-}
-
-impl Vector {
-    fn new() -> std::io::Result<Self> {
-        Ok(Self {
-            event: EventFd::new(EFD_NONBLOCK)?,
-            gsi: None,
-            route: None,
-            attached: false,
-        })
-    }
-
-    /// Whether the device raised this vector while it was not attached (non-consuming).
-    fn pending(&self) -> bool {
-        !self.attached && is_signalled(&self.event)
-    }
-}
-
-/// Whether `event` has a non-zero count, without consuming it.
-fn is_signalled(event: &EventFd) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: event.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: `pfd` is a valid pollfd for the duration of the call, the count (1) matches, and
-    // a zero timeout never blocks.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n == 1 && pfd.revents & libc::POLLIN != 0
-}
-
 /// MSI-X: the model, where its capability is, and one vector per table entry.
 pub(crate) struct MsixIrq {
     pub(crate) model: Msix,
-    vectors: Vec<Vector>,
+    vectors: Vec<MsiVector>,
     host_enabled: bool,
 }
 
 /// MSI: the model, where its capability is, one vector per capable message.
 pub(crate) struct MsiIrq {
     pub(crate) model: Msi,
-    vectors: Vec<Vector>,
+    vectors: Vec<MsiVector>,
     host_count: usize,
 }
 
@@ -109,9 +70,9 @@ impl Interrupts {
         msi: Option<Msi>,
         intx_gsi: Option<Gsi>,
     ) -> Result<Self, String> {
-        let vectors = |n: usize| -> Result<Vec<Vector>, String> {
+        let vectors = |n: usize| -> Result<Vec<MsiVector>, String> {
             (0..n)
-                .map(|_| Vector::new())
+                .map(|_| MsiVector::new())
                 .collect::<Result<_, _>>()
                 .map_err(|e| format!("cannot create interrupt eventfds: {e}"))
         };
@@ -189,7 +150,7 @@ impl Interrupts {
             let pending = usize::try_from(vector)
                 .ok()
                 .and_then(|v| m.vectors.get(v))
-                .is_some_and(|v| m.host_enabled && v.pending());
+                .is_some_and(|v| m.host_enabled && v.is_pending());
             if pending {
                 data[bit / 8] |= 1 << (bit % 8);
             }
@@ -208,7 +169,7 @@ impl Interrupts {
         let pending_reg = if f.addr64 { 20 } else { 16 };
         let mut bits = 0u32;
         for (v, vector) in m.vectors.iter().enumerate().take(m.host_count) {
-            if vector.pending() {
+            if vector.is_pending() {
                 bits |= 1 << v;
             }
         }
@@ -257,7 +218,7 @@ impl Interrupts {
                 MsixChange::Enabled => {
                     self.intx_off();
                     let Some(m) = self.msix.as_mut() else { return };
-                    let fds: Vec<&EventFd> = m.vectors.iter().map(|v| &v.event).collect();
+                    let fds: Vec<&EventFd> = m.vectors.iter().map(MsiVector::event).collect();
                     match self.access.enable_irq(irq::MSIX, &fds) {
                         Ok(()) => m.host_enabled = true,
                         Err(e) => log::warn!(
@@ -275,7 +236,7 @@ impl Interrupts {
                     }
                     for (v, vector) in m.vectors.iter_mut().enumerate() {
                         release(&self.name, &*self.router, "MSI-X", v, vector);
-                        drain(&vector.event);
+                        vector.drain();
                     }
                     if self.msi.as_ref().is_none_or(|m| m.host_count == 0) {
                         self.intx_on_or_warn();
@@ -324,7 +285,8 @@ impl Interrupts {
                             warn_err(&self.name, "MSI", self.access.disable_irq(irq::MSI));
                             m.host_count = 0;
                         }
-                        let fds: Vec<&EventFd> = m.vectors[..n].iter().map(|v| &v.event).collect();
+                        let fds: Vec<&EventFd> =
+                            m.vectors[..n].iter().map(MsiVector::event).collect();
                         match self.access.enable_irq(irq::MSI, &fds) {
                             Ok(()) => m.host_count = n,
                             Err(e) => log::warn!(
@@ -344,7 +306,7 @@ impl Interrupts {
                     }
                     for (v, vector) in m.vectors.iter_mut().enumerate() {
                         release(&self.name, &*self.router, "MSI", v, vector);
-                        drain(&vector.event);
+                        vector.drain();
                     }
                     if self.msix.as_ref().is_none_or(|m| !m.host_enabled) {
                         self.intx_on_or_warn();
@@ -424,71 +386,19 @@ fn sync(
     router: &dyn InterruptRouter,
     kind: &str,
     v: usize,
-    vector: &mut Vector,
+    vector: &mut MsiVector,
     want: Option<MsiMessage>,
 ) {
-    let result = match want {
-        Some(message) => attach(router, vector, message),
-        None => match (vector.attached, vector.gsi) {
-            (true, Some(gsi)) => {
-                vector.attached = false;
-                router.detach_irqfd(&vector.event, gsi)
-            }
-            _ => Ok(()),
-        },
-    };
-    if let Err(e) = result {
+    if let Err(e) = vector.sync(router, want) {
         log::warn!("{name}: {kind} vector {v} is not delivered: {e}");
     }
 }
 
-fn attach(
-    router: &dyn InterruptRouter,
-    vector: &mut Vector,
-    message: MsiMessage,
-) -> Result<(), crate::routing::RoutingError> {
-    let gsi = match vector.gsi {
-        Some(gsi) => gsi,
-        None => *vector.gsi.insert(router.allocate_gsi()?),
-    };
-    if vector.route != Some(message) {
-        vector.route = None;
-        router.set_msi_route(gsi, message.address, message.data)?;
-        vector.route = Some(message);
-    }
-    if !vector.attached {
-        // Deliver on unmask: consume what fired while detached, attach, then signal once so
-        // the irqfd injects it.
-        let pending = vector.event.read().is_ok();
-        if let Err(e) = router.attach_irqfd(&vector.event, gsi) {
-            if pending {
-                let _ = vector.event.write(1);
-            }
-            return Err(e);
-        }
-        vector.attached = true;
-        if pending {
-            let _ = vector.event.write(1);
-        }
-    }
-    Ok(())
-}
-
 /// Detaches `vector`, removes its route and frees its GSI.
-fn release(name: &str, router: &dyn InterruptRouter, kind: &str, v: usize, vector: &mut Vector) {
-    let Some(gsi) = vector.gsi.take() else { return };
-    let mut results = Vec::new();
-    if vector.attached {
-        results.push(router.detach_irqfd(&vector.event, gsi));
-        vector.attached = false;
-    }
-    if vector.route.take().is_some() {
-        results.push(router.remove_route(gsi));
-    }
-    for e in results.into_iter().filter_map(Result::err) {
+fn release(name: &str, router: &dyn InterruptRouter, kind: &str, v: usize, vector: &mut MsiVector) {
+    for e in vector.release(router) {
         log::warn!("{name}: {kind} vector {v} teardown: {e}");
     }
-    router.free_gsi(gsi);
 }
 
 /// Clears a stale count so it is not delivered on the next enable.

@@ -7,23 +7,24 @@
 //!   atomics. Signalling a queue is an atomic OR on the ISR and one eventfd write: no lock, so a
 //!   worker never waits for a vCPU that holds the device lock.
 //! - [`MsixVectors`] (owned by the transport, used by vCPUs) holds the guest-visible MSI-X model
-//!   (`pci::msix::Msix`) and each vector's GSI, route and irqfd state.
+//!   (`pci::msix::Msix`) and, per vector, a [`MsiVector`] sharing that vector's eventfd: its GSI,
+//!   route and irqfd state.
 //!
-//! Masking follows the passthrough layer (`vfio-dev`'s `interrupts.rs`): an irqfd is attached only
-//! while its vector is deliverable (MSI-X enabled, function and vector unmasked). While detached,
-//! the eventfd keeps counting what the device raised; that count *is* the pending bit the guest
-//! reads in the PBA. On unmask the count is consumed, the irqfd attached and the eventfd
-//! signalled once more, so KVM delivers the pending interrupt exactly once.
+//! Masking follows the passthrough layer (`vfio-dev`'s `interrupts.rs`), through the same
+//! [`MsiVector`]: an irqfd is attached only while its vector is deliverable (MSI-X enabled,
+//! function and vector unmasked). While detached, the eventfd keeps counting what the device
+//! raised; that count *is* the pending bit the guest reads in the PBA. On unmask the count is
+//! consumed, the irqfd attached and the eventfd signalled once more, so KVM delivers the pending
+//! interrupt exactly once.
 //!
 //! INTx is not implemented (interrupt pin 0): drivers without MSI-X can still poll the ISR.
 
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
 use std::sync::Arc;
 
-use pci::msi::MsiMessage;
+use pci::msi_vector::MsiVector;
 use pci::msix::{Msix, MsixChange};
-use pci::routing::{Gsi, InterruptRouter, RoutingError};
+use pci::routing::InterruptRouter;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::layout::NO_VECTOR;
@@ -37,7 +38,7 @@ pub const ISR_CONFIG: u8 = 2;
 /// The interrupt state the device's worker signals through, lock-free.
 pub struct InterruptShared {
     name: String,
-    events: Vec<EventFd>,
+    events: Vec<Arc<EventFd>>,
     queue_vectors: Vec<AtomicU16>,
     config_vector: AtomicU16,
     msix_enabled: AtomicBool,
@@ -50,7 +51,7 @@ impl InterruptShared {
         Ok(Self {
             name: name.to_string(),
             events: (0..vectors)
-                .map(|_| EventFd::new(EFD_NONBLOCK))
+                .map(|_| EventFd::new(EFD_NONBLOCK).map(Arc::new))
                 .collect::<Result<_, _>>()?,
             queue_vectors: (0..queues).map(|_| AtomicU16::new(NO_VECTOR)).collect(),
             config_vector: AtomicU16::new(NO_VECTOR),
@@ -61,7 +62,7 @@ impl InterruptShared {
 
     /// The eventfd of MSI-X vector `vector`.
     pub fn event(&self, vector: u16) -> Option<&EventFd> {
-        self.events.get(usize::from(vector))
+        self.events.get(usize::from(vector)).map(|e| &**e)
     }
 
     /// Mirrors the driver's vector assignment (common config `msix_config` and
@@ -96,7 +97,7 @@ impl InterruptShared {
         if !self.msix_enabled.load(Ordering::Acquire) || vector == NO_VECTOR {
             return;
         }
-        match self.events.get(usize::from(vector)) {
+        match self.event(vector) {
             Some(event) => {
                 if let Err(e) = event.write(1) {
                     log::warn!("{}: cannot signal MSI-X vector {vector}: {e}", self.name);
@@ -122,20 +123,13 @@ impl VirtioInterrupt for InterruptShared {
     }
 }
 
-/// The KVM side of one MSI-X vector.
-#[derive(Default)]
-struct Route {
-    gsi: Option<Gsi>,
-    message: Option<MsiMessage>,
-    attached: bool,
-}
-
 /// The guest-visible MSI-X model and the routes and irqfds that implement it.
 pub struct MsixVectors {
     name: String,
     /// The capability, table and masks as the guest programs them.
     pub model: Msix,
-    routes: Vec<Route>,
+    /// One per table entry that has an eventfd in `shared`.
+    vectors: Vec<MsiVector>,
     router: Arc<dyn InterruptRouter>,
     shared: Arc<InterruptShared>,
 }
@@ -148,13 +142,16 @@ impl MsixVectors {
         router: Arc<dyn InterruptRouter>,
         shared: Arc<InterruptShared>,
     ) -> Self {
-        let routes = (0..model.layout().table_size)
-            .map(|_| Route::default())
+        let vectors = shared
+            .events
+            .iter()
+            .take(usize::from(model.layout().table_size))
+            .map(|e| MsiVector::with_event(Arc::clone(e)))
             .collect();
         Self {
             name: name.to_string(),
             model,
-            routes,
+            vectors,
             router,
             shared,
         }
@@ -189,19 +186,17 @@ impl MsixVectors {
 
     /// Whether `vector` fired while it was not deliverable and waits for its unmask.
     pub fn is_pending(&self, vector: u16) -> bool {
-        let v = usize::from(vector);
-        match (self.routes.get(v), self.shared.event(vector)) {
-            (Some(route), Some(event)) => !route.attached && is_signalled(event),
-            _ => false,
-        }
+        self.vectors
+            .get(usize::from(vector))
+            .is_some_and(MsiVector::is_pending)
     }
 
     /// Whether `vector`'s irqfd is attached (it is deliverable and routed).
     #[cfg(test)]
     pub fn is_attached(&self, vector: u16) -> bool {
-        self.routes
+        self.vectors
             .get(usize::from(vector))
-            .is_some_and(|r| r.attached)
+            .is_some_and(MsiVector::is_attached)
     }
 
     fn apply(&mut self, changes: &[MsixChange]) {
@@ -215,10 +210,8 @@ impl MsixVectors {
                     self.shared.set_msix_enabled(false);
                     self.sync_all();
                     // What fired before the disable must not be delivered on the next enable.
-                    for v in 0..self.routes.len() {
-                        if let Some(e) = self.shared.event(v as u16) {
-                            let _ = e.read();
-                        }
+                    for vector in &self.vectors {
+                        vector.drain();
                     }
                 }
                 MsixChange::FunctionMasked | MsixChange::FunctionUnmasked => self.sync_all(),
@@ -233,7 +226,7 @@ impl MsixVectors {
     }
 
     fn sync_all(&mut self) {
-        for v in 0..self.routes.len() {
+        for v in 0..self.vectors.len() {
             self.sync(v as u16);
         }
     }
@@ -246,22 +239,10 @@ impl MsixVectors {
             .is_deliverable(v)
             .then(|| self.model.message(v))
             .flatten();
-        let (Some(route), Some(event)) =
-            (self.routes.get_mut(usize::from(v)), self.shared.event(v))
-        else {
+        let Some(vector) = self.vectors.get_mut(usize::from(v)) else {
             return;
         };
-        let result = match want {
-            Some(message) => attach(&*self.router, route, event, message),
-            None => match (route.attached, route.gsi) {
-                (true, Some(gsi)) => {
-                    route.attached = false;
-                    self.router.detach_irqfd(event, gsi)
-                }
-                _ => Ok(()),
-            },
-        };
-        if let Err(e) = result {
+        if let Err(e) = vector.sync(&*self.router, want) {
             log::warn!("{}: MSI-X vector {v} is not delivered: {e}", self.name);
         }
     }
@@ -270,70 +251,10 @@ impl MsixVectors {
 impl Drop for MsixVectors {
     /// Detaches every irqfd, removes the routes and frees the GSIs.
     fn drop(&mut self) {
-        for (v, route) in self.routes.iter_mut().enumerate() {
-            let Some(gsi) = route.gsi.take() else {
-                continue;
-            };
-            let Some(event) = self.shared.event(v as u16) else {
-                continue;
-            };
-            if route.attached {
-                if let Err(e) = self.router.detach_irqfd(event, gsi) {
-                    log::warn!("{}: MSI-X vector {v} teardown: {e}", self.name);
-                }
+        for (v, vector) in self.vectors.iter_mut().enumerate() {
+            for e in vector.release(&*self.router) {
+                log::warn!("{}: MSI-X vector {v} teardown: {e}", self.name);
             }
-            if route.message.take().is_some() {
-                if let Err(e) = self.router.remove_route(gsi) {
-                    log::warn!("{}: MSI-X vector {v} teardown: {e}", self.name);
-                }
-            }
-            self.router.free_gsi(gsi);
         }
     }
-}
-
-fn attach(
-    router: &dyn InterruptRouter,
-    route: &mut Route,
-    event: &EventFd,
-    message: MsiMessage,
-) -> Result<(), RoutingError> {
-    let gsi = match route.gsi {
-        Some(gsi) => gsi,
-        None => *route.gsi.insert(router.allocate_gsi()?),
-    };
-    if route.message != Some(message) {
-        route.message = None;
-        router.set_msi_route(gsi, message.address, message.data)?;
-        route.message = Some(message);
-    }
-    if !route.attached {
-        // Deliver on unmask: consume what fired while detached, attach, then signal once so the
-        // irqfd injects it.
-        let pending = event.read().is_ok();
-        if let Err(e) = router.attach_irqfd(event, gsi) {
-            if pending {
-                let _ = event.write(1);
-            }
-            return Err(e);
-        }
-        route.attached = true;
-        if pending {
-            let _ = event.write(1);
-        }
-    }
-    Ok(())
-}
-
-/// Whether `event` has a non-zero count, without consuming it.
-fn is_signalled(event: &EventFd) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: event.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: `pfd` is a valid pollfd for the duration of the call, the count (1) matches, and
-    // a zero timeout never blocks.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n == 1 && pfd.revents & libc::POLLIN != 0
 }
