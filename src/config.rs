@@ -291,6 +291,15 @@ pub enum InvalidValue {
 /// Added to [`InvalidValue::DuplicatePciSegment`] when a value relies on the default segment.
 const IMPLICIT_SEGMENT_NOTE: &str = " (a value without pci_segment= configures segment 0)";
 
+/// `segment` as a segment number when it is below `count` (`--platform num_pci_segments`),
+/// else the error every option with a `pci_segment=` key reports.
+pub(crate) fn checked_segment(segment: u64, count: u16) -> Result<u16, InvalidValue> {
+    u16::try_from(segment)
+        .ok()
+        .filter(|&s| s < count)
+        .ok_or(InvalidValue::PciSegmentOutOfRange { segment, count })
+}
+
 /// The message for [`InvalidValue::PciSegmentOutOfRange`].
 fn pci_segment_out_of_range(segment: u64, count: u16) -> String {
     let existing = if count == 1 {
@@ -549,15 +558,7 @@ pub fn parse_pci(platform: &str, pci_segments: &[String]) -> Result<PciConfig, C
     for value in pci_segments {
         let invalid = |reason: InvalidValue| ConfigError::invalid("--pci-segment", value, reason);
         let parsed = parse_pci_segment(value)?;
-        let index = usize::try_from(parsed.segment)
-            .ok()
-            .filter(|&i| i < segments.len())
-            .ok_or_else(|| {
-                invalid(InvalidValue::PciSegmentOutOfRange {
-                    segment: parsed.segment,
-                    count,
-                })
-            })?;
+        let index = usize::from(checked_segment(parsed.segment, count).map_err(invalid)?);
         if let Some((first, first_explicit)) = seen[index] {
             return Err(invalid(InvalidValue::DuplicatePciSegment {
                 segment: parsed.segment,
@@ -674,15 +675,7 @@ pub fn parse_devices(
     for value in values {
         let invalid = |reason: InvalidValue| ConfigError::invalid("--device", value, reason);
         let parsed = parse_device(value)?;
-        let pci_segment = u16::try_from(parsed.segment)
-            .ok()
-            .filter(|&s| s < count)
-            .ok_or_else(|| {
-                invalid(InvalidValue::PciSegmentOutOfRange {
-                    segment: parsed.segment,
-                    count,
-                })
-            })?;
+        let pci_segment = checked_segment(parsed.segment, count).map_err(invalid)?;
         if let Some((first, other)) = seen.iter().find(|(_, d)| d.resolved == parsed.resolved) {
             let spelled = |p: &Path| p.components().collect::<PathBuf>();
             let resolved = (spelled(&other.path) != spelled(&parsed.path))

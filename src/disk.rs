@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use vmm::config::DiskConfig;
 
-use crate::config::{ConfigError, InvalidValue};
+use crate::config::{checked_segment, ConfigError, InvalidValue};
 use crate::options::OptionSpec;
 
 /// Longest `serial=`, in bytes: the size of virtio-blk's serial (`VIRTIO_BLK_ID_BYTES`).
@@ -243,15 +243,7 @@ pub fn parse_disks(
     for value in values {
         let invalid = |reason: InvalidValue| ConfigError::invalid("--disk", value, reason);
         let mut parsed = parse_disk(value)?;
-        parsed.config.pci_segment = u16::try_from(parsed.segment)
-            .ok()
-            .filter(|&s| s < count)
-            .ok_or_else(|| {
-                invalid(InvalidValue::PciSegmentOutOfRange {
-                    segment: parsed.segment,
-                    count,
-                })
-            })?;
+        parsed.config.pci_segment = checked_segment(parsed.segment, count).map_err(invalid)?;
         if let Some(id) = parsed.config.id.as_deref() {
             if let Some((first, _)) = seen
                 .iter()
