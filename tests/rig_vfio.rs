@@ -552,3 +552,62 @@ fn nvme_passthrough_works_on_intx_when_the_guest_disables_msi() {
     // path re-arms it (the admin queue set-up alone takes several; about 25 are seen here).
     assert!(irqs >= 8, "only {irqs} INTx interrupts\n{context}");
 }
+
+#[test]
+fn guest_moving_a_bar_moves_its_mapping() {
+    // The guest rewrites the NVMe's BAR0 1 MiB higher and reads the controller's version
+    // register at both addresses: viaduct must have moved the BAR's memory slots and traps so the
+    // register answers at the new address and nothing answers at the old one. The guest kernel
+    // then rescans and moves the BAR once more; the driver must work through that mapping too.
+    let test = "guest_moving_a_bar_moves_its_mapping";
+    let mut host = RigHost::new(test);
+    let disk = host.nvme("nva", SLOT_NVME_A, &marker_token());
+    let (marker, write) = (marker_token(), marker_token());
+    let scenario = vfio_bind(&[&disk.bdf], &[])
+        + &viaduct_command(&guest_args(
+            &format!(
+                "viaduct_marker={marker} viaduct_action=bar-move,nvme-io viaduct_write={write}"
+            ),
+            &format!("--device {}", device_path(&disk.bdf)),
+        ));
+    let run = host.run(&scenario);
+    let context = run.context();
+    assert_clean_run(&run, &marker);
+    let vs = run.guest("BAR-VS-OLD-BEFORE").unwrap_or_default();
+    assert!(
+        vs.starts_with("0x") && vs != "0xFFFFFFFF",
+        "no NVMe version register at the BAR before the move: {vs}\n{context}"
+    );
+    assert_eq!(
+        run.guest("BAR-VS-NEW"),
+        Some(vs),
+        "the register does not answer at the new BAR address\n{context}"
+    );
+    assert_eq!(
+        run.guest("BAR-VS-OLD-AFTER"),
+        Some("0xFFFFFFFF"),
+        "the old BAR address still reaches the device\n{context}"
+    );
+    let hex = |key: &str| {
+        run.guest(key)
+            .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+            .unwrap_or_else(|| panic!("no GUEST-{key}\n{context}"))
+    };
+    let followed = format!(
+        "guest moved BAR BarIndex(0) from {:#x} to {:#x}",
+        hex("BAR-BEFORE"),
+        hex("BAR-MOVED-TO")
+    );
+    assert!(
+        run.viaduct_stderr().iter().any(|l| l.contains(&followed)),
+        "viaduct did not log '{followed}'\n{context}"
+    );
+    // After the rescan the driver works through the BAR wherever the kernel put it.
+    assert_eq!(
+        run.guest("NVME-MARKER"),
+        Some(disk.marker.as_str()),
+        "{context}"
+    );
+    assert_eq!(disk.token_at(1), write, "{context}");
+    assert_eq!(run.guest("NVME-IRQ-MODE"), Some("msix"), "{context}");
+}

@@ -16,6 +16,9 @@
 #               viaduct_write=<token> to sector 1 and read it back (GUEST-NVME-WROTE=), read
 #               viaduct_nvme_mib=<N> MiB with O_DIRECT if asked, report the nvme interrupts
 #               (GUEST-NVME-IRQS=<sum>, GUEST-IRQ=<line>, GUEST-NVME-IRQ-MODE=msix|msi|intx)
+#   bar-move    move the NVMe's BAR0 up 1 MiB from inside the guest, read its version register
+#               at the new and the old address (GUEST-BAR-VS-OLD-BEFORE=, GUEST-BAR-VS-NEW=,
+#               GUEST-BAR-VS-OLD-AFTER=), then remove + rescan it; run nvme-io after it
 #   ivshmem     write viaduct_pattern=<token> through /dev/mem into BAR2 of the ivshmem device
 #               (1af4:1110), near its start and in its last page, and read it back
 #               (GUEST-IVSHMEM-BAR2=<start>,<size>, GUEST-IVSHMEM-READBACK=<offset>:<token>);
@@ -130,6 +133,52 @@ dump_config() {
 read_token() {
 	# shellcheck disable=SC2086 # $2 is a list of dd options
 	dd if="$1" $2 2>/dev/null | tr '\000' '\n' | head -n1 | tr -cd 'A-Za-z0-9._=-' | head -c 128
+}
+
+# Writes the 32-bit value $2 little-endian as one aligned dword at byte offset $1 of config file $3.
+config_write_dword() {
+	bytes=""
+	for shift in 0 8 16 24; do
+		bytes="$bytes\\$(printf %o $((($2 >> shift) & 0xff)))"
+	done
+	# shellcheck disable=SC2059 # the format is the octal escapes built above
+	printf "$bytes" | dd of="$3" bs=4 seek=$(($1 / 4)) count=1 conv=notrunc 2>/dev/null
+}
+
+# The bar-move step: the guest moves the NVMe's 64-bit BAR0 up by 1 MiB the way an OS
+# reassigning resources does (driver unbound, memory decode kept on, BAR rewritten low dword then
+# high dword) and reads the controller's version register (VS, BAR offset 8) through /dev/mem
+# before and after: after the move it must answer at the new address and nothing may answer at
+# the old one. Then the kernel rediscovers the device (remove + rescan; it assigns the BAR again,
+# back to the first free address), and the nvme-io step after this one must still work.
+bar_move() {
+	bdf=$(for dev in /sys/bus/pci/devices/*; do
+		[ "$(cat "$dev/class" 2>/dev/null)" = 0x010802 ] && echo "${dev##*/}"
+	done | head -n1)
+	if [ -z "$bdf" ]; then
+		echo "GUEST-ERROR=bar-move: no NVMe controller in the guest"
+		return 1
+	fi
+	dev=/sys/bus/pci/devices/$bdf
+	old=$(awk 'NR == 1 { print $1 }' "$dev/resource")
+	new=$((old + 0x100000))
+	[ -e "$dev/driver" ] && echo "$bdf" >"$dev/driver/unbind"
+	config_write_dword 4 6 "$dev/config" # command: memory decode + bus master
+	echo "GUEST-BAR-BEFORE=$old"
+	echo "GUEST-BAR-VS-OLD-BEFORE=$(devmem $((old + 8)) 32)"
+	config_write_dword 16 $((new & 0xfffffff0)) "$dev/config"
+	config_write_dword 20 $((new >> 32)) "$dev/config"
+	printf 'GUEST-BAR-MOVED-TO=0x%016x\n' "$new"
+	echo "GUEST-BAR-VS-NEW=$(devmem "$new" 32 >/dev/null; devmem $((new + 8)) 32)"
+	echo "GUEST-BAR-VS-OLD-AFTER=$(devmem $((old + 8)) 32)"
+	echo 1 >"$dev/remove"
+	echo 1 >/sys/bus/pci/rescan
+	waited=0
+	while [ ! -e "/sys/bus/pci/devices/$bdf/resource" ] && [ "$waited" -lt 30 ]; do
+		sleep 1
+		waited=$((waited + 1))
+	done
+	echo "GUEST-BAR-AFTER-RESCAN=$(awk 'NR == 1 { print $1 }' "/sys/bus/pci/devices/$bdf/resource")"
 }
 
 # The nvme-io step: DMA reads and writes through the (passed-through) NVMe controller.
@@ -330,6 +379,7 @@ final=poweroff
 for step in $(echo "$action" | tr ',' ' '); do
 	case $step in
 	nvme-io) nvme_io ;;
+	bar-move) bar_move ;;
 	ivshmem) ivshmem ;;
 	disk-io) disk_io ;;
 	pci-report) ;;
