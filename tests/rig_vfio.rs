@@ -11,8 +11,8 @@ mod common;
 
 use common::{
     device_path, l2_nvme_marker, marker_token, pci_capabilities, vfio_bind, viaduct_command,
-    RigHost, RigRun, IVSHMEM_ID, NVME_ID, SLOT_BRIDGE, SLOT_IVSHMEM, SLOT_NVME_A, SLOT_NVME_B,
-    VIADUCT_TIMED_OUT,
+    NvmeDisk, RigHost, RigRun, IVSHMEM_ID, NVME_ID, SLOT_BRIDGE, SLOT_IVSHMEM, SLOT_NVME_A,
+    SLOT_NVME_B, VIADUCT_TIMED_OUT,
 };
 
 /// The ivshmem BAR size: a 64-bit BAR larger than the 32-bit hole. 4 GiB is what the tests
@@ -515,24 +515,48 @@ fn device_is_released_after_guest_panic_and_sigterm() {
     assert_eq!(disk.token_at(1), "after", "{}", all.context());
 }
 
-#[test]
-fn nvme_passthrough_works_on_intx_when_the_guest_disables_msi() {
-    // With `pci=nomsi` the guest's nvme driver falls back to the legacy INTx line: routed by the
-    // host bridge's _PRT to an IOAPIC pin, injected by a KVM irqfd and re-armed by the guest's
-    // EOI through the resample eventfd (level-triggered, no trip through viaduct).
-    let test = "nvme_passthrough_works_on_intx_when_the_guest_disables_msi";
+/// One guest run with one passed-through NVMe: what it printed and what to check it against.
+struct NvmeRun {
+    run: RigRun,
+    disk: NvmeDisk,
+    marker: String,
+    write: String,
+}
+
+/// Binds a fresh NVMe to vfio-pci in the rig host and boots the busybox guest with it, with a
+/// marker, a token to write (`viaduct_write=`) and `guest_args` on its command line.
+fn one_nvme_guest(test: &str, guest_args_extra: &str) -> NvmeRun {
     let mut host = RigHost::new(test);
     let disk = host.nvme("nva", SLOT_NVME_A, &marker_token());
     let (marker, write) = (marker_token(), marker_token());
     let scenario = vfio_bind(&[&disk.bdf], &[])
         + &viaduct_command(&guest_args(
-            &format!(
-                "pci=nomsi viaduct_marker={marker} viaduct_action=nvme-io viaduct_write={write} \
-                 viaduct_nvme_mib=4"
-            ),
+            &format!("{guest_args_extra} viaduct_marker={marker} viaduct_write={write}"),
             &format!("--device {}", device_path(&disk.bdf)),
         ));
     let run = host.run(&scenario);
+    NvmeRun {
+        run,
+        disk,
+        marker,
+        write,
+    }
+}
+
+#[test]
+fn nvme_passthrough_works_on_intx_when_the_guest_disables_msi() {
+    // With `pci=nomsi` the guest's nvme driver falls back to the legacy INTx line: routed by the
+    // host bridge's _PRT to an IOAPIC pin, injected by a KVM irqfd and re-armed by the guest's
+    // EOI through the resample eventfd (level-triggered, no trip through viaduct).
+    let NvmeRun {
+        run,
+        disk,
+        marker,
+        write,
+    } = one_nvme_guest(
+        "nvme_passthrough_works_on_intx_when_the_guest_disables_msi",
+        "pci=nomsi viaduct_action=nvme-io viaduct_nvme_mib=4",
+    );
     let context = run.context();
     assert_clean_run(&run, &marker);
     assert_eq!(run.guest("NVME-IRQ-MODE"), Some("intx"), "{context}");
@@ -559,18 +583,15 @@ fn guest_moving_a_bar_moves_its_mapping() {
     // register at both addresses: viaduct must have moved the BAR's memory slots and traps so the
     // register answers at the new address and nothing answers at the old one. The guest kernel
     // then rescans and moves the BAR once more; the driver must work through that mapping too.
-    let test = "guest_moving_a_bar_moves_its_mapping";
-    let mut host = RigHost::new(test);
-    let disk = host.nvme("nva", SLOT_NVME_A, &marker_token());
-    let (marker, write) = (marker_token(), marker_token());
-    let scenario = vfio_bind(&[&disk.bdf], &[])
-        + &viaduct_command(&guest_args(
-            &format!(
-                "viaduct_marker={marker} viaduct_action=bar-move,nvme-io viaduct_write={write}"
-            ),
-            &format!("--device {}", device_path(&disk.bdf)),
-        ));
-    let run = host.run(&scenario);
+    let NvmeRun {
+        run,
+        disk,
+        marker,
+        write,
+    } = one_nvme_guest(
+        "guest_moving_a_bar_moves_its_mapping",
+        "viaduct_action=bar-move,nvme-io",
+    );
     let context = run.context();
     assert_clean_run(&run, &marker);
     let vs = run.guest("BAR-VS-OLD-BEFORE").unwrap_or_default();
