@@ -363,6 +363,27 @@ impl SegmentAllocator {
         })
     }
 
+    /// Whether `[addr, addr + len)` holds no BAR but (possibly) the one placed at `addr`: a
+    /// sub-page BAR may then be mapped into the guest as a whole page without exposing another
+    /// BAR behind the same page.
+    pub fn only_owner(&self, space: Space, addr: u64, len: u64) -> bool {
+        let Some(range) = AddressRange::new(addr, len) else {
+            return false;
+        };
+        self.candidate_windows(space).iter().all(|w| {
+            let inside_clear = w
+                .placed
+                .range(range.start()..range.end())
+                .all(|(&a, _)| a == addr);
+            let before_clear = w
+                .placed
+                .range(..range.start())
+                .next_back()
+                .is_none_or(|(&a, p)| a + p.footprint <= range.start());
+            inside_clear && before_clear
+        })
+    }
+
     /// Free bytes left for BARs of `space` (for `Mem64`, in the window 64-bit BARs go to).
     pub fn remaining(&self, space: Space) -> u64 {
         self.window_for(space).free.remaining()

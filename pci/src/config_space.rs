@@ -105,17 +105,54 @@ pub struct DeviceIds {
     pub subsystem_id: u16,
 }
 
+/// Which of its BARs a function answers on: the command register's Memory Space and I/O Space
+/// bits, and the expansion ROM's enable bit (the ROM decodes only when both it and Memory Space
+/// are set).
+///
+/// Exists so the VMM can take a BAR off the guest's address space when the guest turns decoding
+/// off (a real device then stops answering there) and put it back when decoding is on again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decode {
+    /// Command bit 1: memory BARs (and, with `rom`, the ROM) decode.
+    pub memory: bool,
+    /// Command bit 0: I/O BARs decode.
+    pub io: bool,
+    /// ROM BAR bit 0: the expansion ROM decodes (while `memory` is set too).
+    pub rom: bool,
+}
+
+impl Decode {
+    /// Everything on: what a device that does not model decoding answers.
+    pub const ALL: Decode = Decode {
+        memory: true,
+        io: true,
+        rom: true,
+    };
+
+    /// Whether BAR `spec` answers guest accesses.
+    pub fn decodes(&self, spec: &BarSpec) -> bool {
+        match spec.kind {
+            _ if spec.index.is_rom() => self.memory && self.rom,
+            BarKind::Io => self.io,
+            BarKind::Mem32 | BarKind::Mem64 => self.memory,
+        }
+    }
+}
+
 /// What a guest config write did that the VMM must act on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConfigWriteEffect {
     /// BARs whose decoded address changed: move their mappings.
     pub bar_moves: Vec<BarMove>,
+    /// The function's decode state after the write, when the write reached the command
+    /// register or the ROM BAR (whether or not a bit changed, so the VMM converges on it).
+    pub decode: Option<Decode>,
 }
 
 impl ConfigWriteEffect {
     /// Nothing for the VMM to do.
     pub fn is_empty(&self) -> bool {
-        self.bar_moves.is_empty()
+        self.bar_moves.is_empty() && self.decode.is_none()
     }
 }
 
@@ -217,6 +254,10 @@ impl ConfigSpace {
             self.bytes[at] = ((old & !wm) | (value & wm)) & !(value & w1c);
         }
         let touched_command = start <= reg::COMMAND && reg::COMMAND < start + data.len();
+        let touched_rom = self.bars[ROM_SLOT].is_some() && reg_idx == BarIndex::ROM.reg_idx();
+        if touched_command || touched_rom {
+            effect.decode = Some(self.decode());
+        }
         if touched_command {
             // A command write (typically re-enabling decode after updating BARs) is when a
             // 64-bit BAR written low half only must be final: report every settled change.
@@ -294,6 +335,17 @@ impl ConfigSpace {
     /// Whether I/O BARs decode (command bit 0).
     pub fn io_enabled(&self) -> bool {
         self.command() & command::IO_SPACE != 0
+    }
+
+    /// Which BARs decode (command bits 0 and 1, the ROM enable bit).
+    pub fn decode(&self) -> Decode {
+        let rom = BarIndex::ROM.config_offset();
+        Decode {
+            memory: self.memory_enabled(),
+            io: self.io_enabled(),
+            rom: self.bars[ROM_SLOT].is_some()
+                && self.bytes[rom] & crate::bar::ROM_ENABLE as u8 != 0,
+        }
     }
 
     /// Whether the device may master DMA (command bit 2).

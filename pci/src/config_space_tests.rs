@@ -281,6 +281,54 @@ fn enabling_decode_flushes_a_half_written_mem64_bar() {
 }
 
 #[test]
+fn command_and_rom_writes_report_the_decode_state() {
+    let mut c = cs();
+    c.add_bar(BarSpec::new(bar(0), 0x1000, BarKind::Mem32))
+        .unwrap();
+    c.add_bar(BarSpec::new(bar(1), 0x100, BarKind::Io)).unwrap();
+    c.add_bar(BarSpec::rom(0x8000)).unwrap();
+    let off = Decode {
+        memory: false,
+        io: false,
+        rom: false,
+    };
+    assert_eq!(c.decode(), off);
+    // Memory Space on: memory BARs decode, the ROM only once its own enable bit is set too.
+    let on = c.write(reg::COMMAND, &command::MEMORY_SPACE.to_le_bytes());
+    let mem = Decode {
+        memory: true,
+        ..off
+    };
+    assert_eq!(on.decode, Some(mem));
+    assert!(mem.decodes(&BarSpec::new(bar(0), 0x1000, BarKind::Mem32)));
+    assert!(!mem.decodes(&BarSpec::new(bar(1), 0x100, BarKind::Io)));
+    assert!(!mem.decodes(&BarSpec::rom(0x8000)));
+    let rom = write32(&mut c, 0x30, 0xfff0_0001);
+    assert_eq!(rom.decode, Some(Decode { rom: true, ..mem }));
+    assert!(Decode { rom: true, ..mem }.decodes(&BarSpec::rom(0x8000)));
+    // The same state written again is reported again: the VMM converges on it.
+    let again = c.write(reg::COMMAND, &command::MEMORY_SPACE.to_le_bytes());
+    assert_eq!(again.decode, Some(Decode { rom: true, ..mem }));
+    // Only the upper command byte: decode bits untouched, nothing to report.
+    assert!(c.write(reg::COMMAND + 1, &[0x04]).is_empty());
+    // I/O on, memory off.
+    let io = c.write(reg::COMMAND, &command::IO_SPACE.to_le_bytes());
+    assert_eq!(
+        io.decode,
+        Some(Decode {
+            memory: false,
+            io: true,
+            rom: true
+        })
+    );
+    // A device without a ROM never reports one as decoding.
+    let mut plain = cs();
+    plain.write(reg::COMMAND, &command::MEMORY_SPACE.to_le_bytes());
+    assert!(!plain.decode().rom);
+    assert!(write32(&mut plain, 0x30, 0xffff_ffff).is_empty());
+}
+
+#[test]
 fn partial_width_accesses_hit_the_right_bytes() {
     let mut c = cs();
     let mut b = [0u8; 2];

@@ -6,7 +6,7 @@
 //! so segments can hold `Box<dyn PciDevice>` behind the VMM's lock.
 
 use crate::bar::{BarIndex, BarSpec};
-pub use crate::config_space::ConfigWriteEffect;
+pub use crate::config_space::{ConfigWriteEffect, Decode};
 use crate::error::PciError;
 
 /// A PCI function as the segment and the VMM see it.
@@ -39,6 +39,17 @@ pub trait PciDevice: Send {
     fn write_bar(&mut self, index: BarIndex, offset: u64, data: &[u8]) {
         let _ = (index, offset, data);
     }
+
+    /// Which BARs the function answers on now (command register decode bits, ROM enable); the
+    /// VMM maps only those into the guest. Default: all of them, for a device that does not
+    /// model the command register.
+    fn decode(&self) -> Decode {
+        Decode::ALL
+    }
+
+    /// The function is leaving the bus (detach, VM teardown): stop its interrupts, DMA and
+    /// workers. Called once, after its BARs are gone from the guest. Default: nothing to stop.
+    fn shutdown(&mut self) {}
 }
 
 #[cfg(test)]

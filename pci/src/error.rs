@@ -25,6 +25,16 @@ pub enum PciError {
         /// Name of the device that did not fit.
         device: String,
     },
+    /// A device was installed in a slot that was not reserved for it.
+    #[error("PCI segment {segment}: slot {slot:02x} was not reserved for device {device}")]
+    NotReserved {
+        /// The segment.
+        segment: SegmentId,
+        /// The slot.
+        slot: u8,
+        /// The device.
+        device: String,
+    },
     /// No device at the requested slot.
     #[error("PCI segment {segment} has no device in slot {slot:02x}")]
     NoDevice {

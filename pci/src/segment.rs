@@ -27,18 +27,29 @@ pub struct RoutedWriteEffect {
     pub effect: ConfigWriteEffect,
 }
 
+/// What occupies one slot of the root bus.
+enum Slot {
+    /// Nothing: config reads return all-ones.
+    Free,
+    /// Held for a device being attached (its INTx GSI depends on the slot, so the slot is chosen
+    /// before the device is built); reads all-ones until the device is installed.
+    Reserved,
+    /// A device.
+    Device(Box<dyn PciDevice>),
+}
+
 /// One PCI segment (domain) with its root bus.
 pub struct PciSegment {
     id: SegmentId,
-    slots: Vec<Option<Box<dyn PciDevice>>>,
+    slots: Vec<Slot>,
 }
 
 impl PciSegment {
     /// A segment with only the host bridge at 00:00.0.
     pub fn new(id: SegmentId) -> Self {
-        let mut slots: Vec<Option<Box<dyn PciDevice>>> = Vec::new();
-        slots.resize_with(usize::from(DEVICES_PER_BUS), || None);
-        slots[0] = Some(Box::new(HostBridge::new()));
+        let mut slots: Vec<Slot> = Vec::new();
+        slots.resize_with(usize::from(DEVICES_PER_BUS), || Slot::Free);
+        slots[0] = Slot::Device(Box::new(HostBridge::new()));
         Self { id, slots }
     }
 
@@ -49,34 +60,87 @@ impl PciSegment {
 
     /// Places `device` in the lowest free slot and returns its address.
     pub fn add_device(&mut self, device: Box<dyn PciDevice>) -> Result<Bdf, PciError> {
-        let Some(slot) = self.slots.iter().position(Option::is_none) else {
+        let bdf = self.reserve(device.name())?;
+        self.install(bdf, device)?;
+        Ok(bdf)
+    }
+
+    /// Holds the lowest free slot for the device called `name` and returns its address. The
+    /// slot reads as empty until [`PciSegment::install`] puts the device there, or
+    /// [`PciSegment::remove`] frees it again.
+    pub fn reserve(&mut self, name: &str) -> Result<Bdf, PciError> {
+        let Some(slot) = self.slots.iter().position(|s| matches!(s, Slot::Free)) else {
             return Err(PciError::SegmentFull {
                 segment: self.id,
-                device: device.name().to_owned(),
+                device: name.to_owned(),
             });
         };
         let bdf = Bdf::new(0, slot as u8, 0)?;
-        log::info!("PCI {}:{bdf}: {}", self.id, device.name());
-        self.slots[slot] = Some(device);
+        self.slots[slot] = Slot::Reserved;
         Ok(bdf)
+    }
+
+    /// Puts `device` into the slot reserved for it at `bdf`.
+    pub fn install(&mut self, bdf: Bdf, device: Box<dyn PciDevice>) -> Result<(), PciError> {
+        let index = self.slot_index(bdf);
+        match index.map(|s| &self.slots[s]) {
+            Some(Slot::Reserved) => {}
+            _ => {
+                return Err(PciError::NotReserved {
+                    segment: self.id,
+                    slot: bdf.device(),
+                    device: device.name().to_owned(),
+                })
+            }
+        }
+        log::info!("PCI {}:{bdf}: {}", self.id, device.name());
+        if let Some(s) = index {
+            self.slots[s] = Slot::Device(device);
+        }
+        Ok(())
+    }
+
+    /// Frees the slot at `bdf` (reserved or populated) and returns the device that was there.
+    /// The host bridge cannot be removed.
+    pub fn remove(&mut self, bdf: Bdf) -> Option<Box<dyn PciDevice>> {
+        let s = self.slot_index(bdf).filter(|&s| s != 0)?;
+        match std::mem::replace(&mut self.slots[s], Slot::Free) {
+            Slot::Device(device) => Some(device),
+            Slot::Reserved | Slot::Free => None,
+        }
+    }
+
+    /// Whether the slot of `bdf` is neither populated nor reserved.
+    pub fn is_free(&self, bdf: Bdf) -> bool {
+        self.slot_index(bdf)
+            .is_some_and(|s| matches!(self.slots[s], Slot::Free))
     }
 
     /// The device at `bdf`, if one is there.
     pub fn device(&self, bdf: Bdf) -> Option<&dyn PciDevice> {
-        self.slot_index(bdf).and_then(|s| self.slots[s].as_deref())
+        match &self.slots[self.slot_index(bdf)?] {
+            Slot::Device(d) => Some(d.as_ref()),
+            _ => None,
+        }
     }
 
     /// The device at `bdf`, mutably (e.g. to forward a trapped BAR access or a BAR move).
     pub fn device_mut(&mut self, bdf: Bdf) -> Option<&mut (dyn PciDevice + 'static)> {
         let s = self.slot_index(bdf)?;
-        self.slots[s].as_deref_mut()
+        match &mut self.slots[s] {
+            Slot::Device(d) => Some(d.as_mut()),
+            _ => None,
+        }
     }
 
     /// Every populated function with its address, host bridge included.
     pub fn devices(&self) -> impl Iterator<Item = (Bdf, &dyn PciDevice)> {
         self.slots.iter().enumerate().filter_map(|(slot, d)| {
             let bdf = Bdf::new(0, slot as u8, 0).ok()?;
-            Some((bdf, d.as_deref()?))
+            match d {
+                Slot::Device(d) => Some((bdf, d.as_ref())),
+                _ => None,
+            }
         })
     }
 

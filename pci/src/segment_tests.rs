@@ -100,6 +100,46 @@ fn full_segment_refuses_a_device_naming_segment_and_device() {
 }
 
 #[test]
+fn reserved_slot_reads_empty_until_installed_and_removal_frees_it() {
+    let mut seg = populated();
+    let held = seg.reserve("gpu0").unwrap();
+    assert_eq!(held, bdf(4));
+    assert!(!seg.is_free(held));
+    // Reserved but not installed: nothing answers there yet.
+    assert_eq!(ecam32(&seg, 4 << 15), u32::MAX);
+    // The next device does not take the reserved slot.
+    assert_eq!(seg.add_device(TestDevice::boxed("disk")).unwrap(), bdf(5));
+    seg.install(held, TestDevice::boxed("gpu0")).unwrap();
+    assert_eq!(ecam32(&seg, 4 << 15), 0x1042_1af4);
+    assert_eq!(seg.remove(held).unwrap().name(), "gpu0");
+    assert!(seg.is_free(held));
+    assert_eq!(ecam32(&seg, 4 << 15), u32::MAX);
+    // A freed slot is the lowest free one again, so a re-attach gets the same address.
+    assert_eq!(seg.reserve("gpu0").unwrap(), held);
+    // Removing a reservation frees it without returning a device.
+    assert!(seg.remove(held).is_none());
+    assert!(seg.is_free(held));
+}
+
+#[test]
+fn install_needs_a_reservation_and_the_host_bridge_stays() {
+    let mut seg = populated();
+    let err = seg.install(bdf(9), TestDevice::boxed("stray")).unwrap_err();
+    assert!(
+        matches!(err, PciError::NotReserved { slot: 9, .. }),
+        "{err}"
+    );
+    let err = seg.install(bdf(1), TestDevice::boxed("stray")).unwrap_err();
+    assert!(
+        matches!(err, PciError::NotReserved { slot: 1, .. }),
+        "{err}"
+    );
+    assert_eq!(seg.device(bdf(1)).unwrap().name(), "dev1");
+    assert!(seg.remove(Bdf::HOST_BRIDGE).is_none());
+    assert_eq!(seg.device(Bdf::HOST_BRIDGE).unwrap().name(), "host bridge");
+}
+
+#[test]
 fn ecam_decodes_bus_device_function_register() {
     let mut seg = populated();
     seg.device_mut(bdf(3))
@@ -148,8 +188,19 @@ fn bar_move_through_ecam_is_reported_with_the_bdf() {
     assert_eq!(routed.bdf, bdf(2));
     assert_eq!(routed.effect.bar_moves[0].old, 0xc000_0000);
     assert_eq!(routed.effect.bar_moves[0].new, 0xc010_0000);
-    // A plain command write has nothing to report.
-    assert_eq!(seg.ecam_write((2 << 15) | 4, &[0x06, 0]), None);
+    // A command write reports the decode state it leaves, so the VMM can follow it.
+    let routed = seg.ecam_write((2 << 15) | 4, &[0x06, 0]).unwrap();
+    assert!(routed.effect.bar_moves.is_empty());
+    assert_eq!(
+        routed.effect.decode,
+        Some(crate::config_space::Decode {
+            memory: true,
+            io: false,
+            rom: false
+        })
+    );
+    // Other registers have nothing to report.
+    assert_eq!(seg.ecam_write((2 << 15) | 0x3c, &[0x0b]), None);
 }
 
 #[test]

@@ -347,3 +347,24 @@ fn malformed_requests_are_refused() {
         );
     }
 }
+
+#[test]
+fn only_owner_sees_other_bars_sharing_a_page() {
+    let mut a = segment(&[1], 0);
+    // The guest packs two 256-byte BARs into one page; a third sits alone on the next page.
+    a.reserve(req("nic", 0, 256, Space::Mem32), 0xC000_0000)
+        .unwrap();
+    a.reserve(req("nic", 1, 256, Space::Mem32), 0xC000_0100)
+        .unwrap();
+    a.reserve(req("edu", 0, 256, Space::Mem32), 0xC000_1000)
+        .unwrap();
+    assert!(!a.only_owner(Space::Mem32, 0xC000_0000, 4 * KIB));
+    assert!(a.only_owner(Space::Mem32, 0xC000_1000, 4 * KIB));
+    // An allocated sub-page BAR takes its page: nothing else can be in it.
+    let placed = a.allocate(req("virtio", 0, 64, Space::Mem32)).unwrap();
+    assert!(a.only_owner(Space::Mem32, placed, 4 * KIB));
+    // A 64-bit BAR may live in the 32-bit window; it is seen there too.
+    a.reserve(req("gpu", 2, 4 * KIB, Space::Mem64), 0xC000_3000)
+        .unwrap();
+    assert!(!a.only_owner(Space::Mem32, 0xC000_2F00, 4 * KIB));
+}
