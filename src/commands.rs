@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use vfio_dev::host::binding::{self, BindOptions, Original};
 use vfio_dev::host::check::{self, Memlock, Request};
 use vfio_dev::host::inventory::{self, ClassFilter, PciFunction};
-use vfio_dev::host::json::Value;
 use vfio_dev::host::{mdev, sriov, HostBdf, HostError, HostPaths, KernelWriter};
 
 use crate::cli::{Command, DeviceClass, MdevCommand};
@@ -59,8 +58,7 @@ fn devices(paths: &HostPaths, class: DeviceClass, json: bool) -> Result<ExitCode
         .filter(|d| filter.matches(d.class))
         .collect();
     if json {
-        let v = Value::Array(list.iter().map(PciFunction::to_json).collect());
-        println!("{}", v.to_json_pretty());
+        println!("{}", inventory::json(&list));
     } else {
         print!("{}", inventory::table(&list));
     }

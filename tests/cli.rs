@@ -859,7 +859,7 @@ fn help_describes_disk() {
 // Host device commands against a fixture host tree (VIADUCT_SYSFS_ROOT and friends)
 // ---------------------------------------------------------------------------------------------
 
-use vfio_dev::host::json::{self, Value};
+use serde_json::Value;
 
 /// A fake host: `sys`, `proc`, `dev` and a state file under one temporary directory.
 struct HostTree {
@@ -1033,7 +1033,7 @@ fn devices_json_reports_groups_sriov_and_mdev() {
     let t = HostTree::example();
     let out = t.run(["devices", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let list = json::parse(&stdout(&out)).expect("valid JSON");
+    let list: Value = serde_json::from_str(&stdout(&out)).expect("valid JSON");
     assert_eq!(list.as_array().unwrap().len(), 8);
 
     let gpu = device(&list, "0000:01:00.0");
@@ -1041,7 +1041,7 @@ fn devices_json_reports_groups_sriov_and_mdev() {
     assert_eq!(gpu.get("device_id").unwrap().as_str(), Some("2204"));
     assert_eq!(gpu.get("class").unwrap().as_str(), Some("030000"));
     assert_eq!(gpu.get("driver").unwrap().as_str(), Some("nvidia"));
-    assert_eq!(gpu.get("iommu_group").unwrap().as_int(), Some(12));
+    assert_eq!(gpu.get("iommu_group").unwrap().as_i64(), Some(12));
     let members = gpu.get("group_members").unwrap().as_array().unwrap();
     assert_eq!(members.len(), 1);
     assert_eq!(
@@ -1056,8 +1056,8 @@ fn devices_json_reports_groups_sriov_and_mdev() {
 
     let pf = device(&list, "0000:02:00.0");
     let sriov = pf.get("sriov").unwrap();
-    assert_eq!(sriov.get("totalvfs").unwrap().as_int(), Some(8));
-    assert_eq!(sriov.get("numvfs").unwrap().as_int(), Some(2));
+    assert_eq!(sriov.get("totalvfs").unwrap().as_i64(), Some(8));
+    assert_eq!(sriov.get("numvfs").unwrap().as_i64(), Some(2));
     let vf = device(&list, "0000:02:10.4");
     assert_eq!(vf.get("physfn").unwrap().as_str(), Some("0000:02:00.0"));
 
@@ -1066,7 +1066,7 @@ fn devices_json_reports_groups_sriov_and_mdev() {
     assert_eq!(types[0].get("type").unwrap().as_str(), Some("nvidia-63"));
     assert_eq!(types[0].get("name").unwrap().as_str(), Some("GRID T4-1B"));
     assert_eq!(
-        types[0].get("available_instances").unwrap().as_int(),
+        types[0].get("available_instances").unwrap().as_i64(),
         Some(16)
     );
 
@@ -1079,7 +1079,7 @@ fn devices_json_reports_groups_sriov_and_mdev() {
 fn devices_class_filter_and_table() {
     let t = HostTree::example();
     let out = t.run(["devices", "--class", "gpu", "--json"]);
-    let list = json::parse(&stdout(&out)).unwrap();
+    let list: Value = serde_json::from_str(&stdout(&out)).unwrap();
     let bdfs: Vec<&str> = list
         .as_array()
         .unwrap()

@@ -10,7 +10,7 @@ use common::{
     device_path, l2_nvme_marker, marker_token, viaduct_command, RigHost, RigRun, SLOT_NVME_A,
     VIADUCT_TIMED_OUT,
 };
-use vfio_dev::host::json::{self, Value};
+use serde_json::Value;
 
 /// Scenario lines that run `viaduct <args>` as step `name`: every output line (stdout and
 /// stderr) prefixed with `<name>| `, then `<name>| RIG-STEP-EXIT=<status>`.
@@ -112,7 +112,7 @@ fn devices_bind_unbind_and_check_against_the_rig_hosts_kernel() {
                 .strip_prefix("RIG-DEVICES-JSON=")
         })
         .unwrap_or_else(|| panic!("no RIG-DEVICES-JSON line\n{context}"));
-    let list = json::parse(json_line)
+    let list: Value = serde_json::from_str(json_line)
         .unwrap_or_else(|e| panic!("devices --json is not JSON ({e}): {json_line}\n{context}"));
     let nvme = list
         .as_array()
@@ -126,7 +126,7 @@ fn devices_bind_unbind_and_check_against_the_rig_hosts_kernel() {
     assert_eq!(nvme.get("class").and_then(Value::as_str), Some("010802"));
     assert_eq!(nvme.get("driver").and_then(Value::as_str), Some("nvme"));
     assert_eq!(
-        nvme.get("iommu_group").and_then(Value::as_int),
+        nvme.get("iommu_group").and_then(Value::as_i64),
         Some(group),
         "{context}"
     );

@@ -6,36 +6,39 @@ use std::os::fd::{AsRawFd, RawFd};
 use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
 use vmm_sys_util::eventfd::EventFd;
 
-/// VFIO PCI region indices (`VFIO_PCI_*_REGION_INDEX`).
+/// VFIO PCI region indices (`VFIO_PCI_*_REGION_INDEX`, from vfio-bindings).
 pub mod region {
+    use vfio_bindings::bindings::vfio as b;
     /// BAR0; BARn is `BAR0 + n`.
-    pub const BAR0: u32 = 0;
+    pub const BAR0: u32 = b::VFIO_PCI_BAR0_REGION_INDEX;
     /// The expansion ROM.
-    pub const ROM: u32 = 6;
+    pub const ROM: u32 = b::VFIO_PCI_ROM_REGION_INDEX;
     /// PCI configuration space.
-    pub const CONFIG: u32 = 7;
+    pub const CONFIG: u32 = b::VFIO_PCI_CONFIG_REGION_INDEX;
 }
 
-/// VFIO PCI interrupt indices (`VFIO_PCI_*_IRQ_INDEX`).
+/// VFIO PCI interrupt indices (`VFIO_PCI_*_IRQ_INDEX`, from vfio-bindings).
 pub mod irq {
+    use vfio_bindings::bindings::vfio as b;
     /// Legacy INTx.
-    pub const INTX: u32 = 0;
+    pub const INTX: u32 = b::VFIO_PCI_INTX_IRQ_INDEX;
     /// MSI.
-    pub const MSI: u32 = 1;
+    pub const MSI: u32 = b::VFIO_PCI_MSI_IRQ_INDEX;
     /// MSI-X.
-    pub const MSIX: u32 = 2;
+    pub const MSIX: u32 = b::VFIO_PCI_MSIX_IRQ_INDEX;
 }
 
-/// `VFIO_REGION_INFO_FLAG_*`.
+/// `VFIO_REGION_INFO_FLAG_*` (from vfio-bindings).
 pub mod region_flags {
+    use vfio_bindings::bindings::vfio as b;
     /// The region can be read.
-    pub const READ: u32 = 1 << 0;
+    pub const READ: u32 = b::VFIO_REGION_INFO_FLAG_READ;
     /// The region can be written.
-    pub const WRITE: u32 = 1 << 1;
+    pub const WRITE: u32 = b::VFIO_REGION_INFO_FLAG_WRITE;
     /// The region can be mmapped.
-    pub const MMAP: u32 = 1 << 2;
+    pub const MMAP: u32 = b::VFIO_REGION_INFO_FLAG_MMAP;
     /// The region info has capabilities.
-    pub const CAPS: u32 = 1 << 3;
+    pub const CAPS: u32 = b::VFIO_REGION_INFO_FLAG_CAPS;
 }
 
 /// A capability of a region, as reported by `VFIO_DEVICE_GET_REGION_INFO`.

@@ -81,6 +81,9 @@ impl VirtualConfig {
         for bar in bars {
             shadow.add_bar(bar.spec).map_err(|e| e.to_string())?;
         }
+        // The shadow mirrors the command register from here on (guest writes reach both), so
+        // what it says about decoding starts as what the device does.
+        shadow.write_raw(reg::COMMAND, &image[reg::COMMAND..reg::COMMAND + 2]);
         let mut config = Self {
             shadow,
             size: image.len(),

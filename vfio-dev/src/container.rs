@@ -142,6 +142,16 @@ impl VfioHost {
         })
     }
 
+    /// Whether any device opened into this container is still open. Once none is, every group
+    /// has left the container and the kernel has dropped its DMA mappings with its IOMMU.
+    pub(crate) fn any_device_open(&self) -> bool {
+        self.opened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|d| d.strong_count() > 0)
+    }
+
     /// Opens the device at `path` (a `--device path=`) into this VM's container, after checking
     /// its driver and its IOMMU group in sysfs.
     pub fn open_device(&self, path: &Path) -> Result<OpenedDevice, VfioError> {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use pci::bar::{BarIndex, BarSpec};
 use pci::capability::{id, Capabilities, Capability};
 use pci::config_space::{reg, status, ClassCode, ConfigSpace, DeviceIds};
-use pci::device::{ConfigWriteEffect, PciDevice};
+use pci::device::{ConfigWriteEffect, Decode, PciDevice};
 use pci::error::PciError;
 use pci::msi::{Msi, MsiFeatures};
 use pci::msix::{Msix, MsixLayout, MsixRegion};
@@ -301,6 +301,14 @@ impl PciDevice for VfioPciDevice {
             Some((_, MsixRegion::Pba(o))) => self.irqs.msix_read_pba(o, data),
             None => self.access.region_read(region_index, offset, data),
         }
+    }
+
+    fn decode(&self) -> Decode {
+        self.config.shadow.decode()
+    }
+
+    fn shutdown(&mut self) {
+        VfioPciDevice::shutdown(self);
     }
 
     fn write_bar(&mut self, index: BarIndex, offset: u64, data: &[u8]) {

@@ -8,34 +8,16 @@
 //! refused with the range named, instead of an EINVAL from the map.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use vmm_sys_util::ioctl::ioctl_with_mut_ptr;
-use vmm_sys_util::ioctl_io_nr;
-
 use crate::container::VfioHost;
 use crate::error::{describe_errno, human, VfioError};
+use crate::iommu_info::query_iommu_info;
+pub use crate::iommu_info::{parse_iommu_info, IommuInfo, IovaRange};
 
 /// Locked memory allowed beyond guest RAM, for whatever else of the process is locked.
 pub const MEMLOCK_MARGIN: u64 = 64 << 20;
-
-/// `VFIO_TYPE` (`';'`), the ioctl type of VFIO.
-const VFIO_TYPE: u32 = 0x3b;
-/// `VFIO_BASE`, the first VFIO ioctl number.
-const VFIO_BASE: u32 = 100;
-ioctl_io_nr!(VFIO_IOMMU_GET_INFO, VFIO_TYPE, VFIO_BASE + 12);
-/// `VFIO_IOMMU_INFO_PGSIZES`: `iova_pgsizes` is valid.
-const INFO_PGSIZES: u32 = 1 << 0;
-/// `VFIO_IOMMU_INFO_CAPS`: `cap_offset` is valid.
-const INFO_CAPS: u32 = 1 << 1;
-/// `VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE`.
-const CAP_IOVA_RANGE: u16 = 1;
-/// Size of `struct vfio_iommu_type1_info`.
-const INFO_SIZE: usize = 24;
-/// Capability chains longer than this are treated as corrupt.
-const MAX_CAPS: usize = 64;
 
 /// One contiguous region of guest RAM and where it is mapped in this process.
 #[derive(Clone, Copy, Debug)]
@@ -82,110 +64,7 @@ impl DmaStats {
     }
 }
 
-/// An inclusive range of IOVAs the host IOMMU can map, as `VFIO_IOMMU_GET_INFO` reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IovaRange {
-    /// First valid IOVA.
-    pub start: u64,
-    /// Last valid IOVA (inclusive).
-    pub end: u64,
-}
-
-/// What the container's IOMMU reports about itself.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct IommuInfo {
-    /// Bitmap of supported IOMMU page sizes (0: not reported).
-    pub page_sizes: u64,
-    /// IOVA ranges that may be mapped (`None`: not reported, e.g. a kernel before 5.4).
-    pub iova_ranges: Option<Vec<IovaRange>>,
-}
-
-fn read_u16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn read_u32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn read_u64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_ne_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
-
-/// Parses the buffer `VFIO_IOMMU_GET_INFO` filled: `struct vfio_iommu_type1_info` and its
-/// capability chain. Malformed chains end the walk; nothing here trusts an offset.
-pub fn parse_iommu_info(buf: &[u8]) -> IommuInfo {
-    let mut info = IommuInfo::default();
-    let flags = read_u32(buf, 4).unwrap_or(0);
-    if flags & INFO_PGSIZES != 0 {
-        info.page_sizes = read_u64(buf, 8).unwrap_or(0);
-    }
-    if flags & INFO_CAPS == 0 {
-        return info;
-    }
-    let mut off = read_u32(buf, 16).unwrap_or(0) as usize;
-    for _ in 0..MAX_CAPS {
-        if off < INFO_SIZE {
-            break;
-        }
-        let (Some(id), Some(next)) = (read_u16(buf, off), read_u32(buf, off + 4)) else {
-            break;
-        };
-        if id == CAP_IOVA_RANGE {
-            let count = read_u32(buf, off + 8).unwrap_or(0) as usize;
-            let ranges: Option<Vec<IovaRange>> = (0..count)
-                .map(|i| {
-                    let at = off + 16 + i * 16;
-                    Some(IovaRange {
-                        start: read_u64(buf, at)?,
-                        end: read_u64(buf, at + 8)?,
-                    })
-                })
-                .collect();
-            if let Some(ranges) = ranges {
-                info.iova_ranges = Some(ranges);
-            }
-        }
-        let next = next as usize;
-        if next <= off {
-            break;
-        }
-        off = next;
-    }
-    info
-}
-
-/// Queries the container's IOMMU page sizes and valid IOVA ranges.
-fn query_iommu_info(container: &impl AsRawFd) -> io::Result<IommuInfo> {
-    // u64 storage keeps the buffer aligned for the kernel's struct.
-    let mut buf = vec![0u64; INFO_SIZE / 8];
-    let mut argsz = INFO_SIZE as u32;
-    // Twice at most: the first answer says how much room the capabilities need.
-    for _ in 0..2 {
-        let mut head = [0u8; 8];
-        head[..4].copy_from_slice(&argsz.to_ne_bytes()); // argsz, then flags = 0
-        buf[0] = u64::from_ne_bytes(head);
-        // SAFETY: `buf` is at least `argsz` bytes long, writable and 8-byte aligned; the kernel
-        // writes at most `argsz` bytes into it. The fd is a VFIO container.
-        let ret = unsafe { ioctl_with_mut_ptr(container, VFIO_IOMMU_GET_INFO(), buf.as_mut_ptr()) };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let bytes: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let wanted = read_u32(&bytes, 0).unwrap_or(argsz);
-        if wanted <= argsz {
-            return Ok(parse_iommu_info(&bytes));
-        }
-        // The capabilities do not fit: the kernel said how much room they need.
-        argsz = wanted;
-        buf = vec![0u64; (wanted as usize).div_ceil(8)];
-    }
-    Err(io::Error::other(
-        "VFIO_IOMMU_GET_INFO kept asking for a larger buffer",
-    ))
-}
-
-fn format_ranges(ranges: &[IovaRange]) -> String {
+pub(crate) fn format_ranges(ranges: &[IovaRange]) -> String {
     let parts: Vec<String> = ranges
         .iter()
         .map(|r| format!("{:#x}..={:#x}", r.start, r.end))
@@ -448,6 +327,15 @@ impl VfioHost {
 
     fn unmap(&self, mappings: Vec<DmaMapping>) -> Result<DmaStats, VfioError> {
         let start = Instant::now();
+        if !mappings.is_empty() && !self.any_device_open() {
+            // The last device took its group out of the container, and the kernel tore the
+            // IOMMU domain down with every mapping in it: there is nothing left to unmap.
+            log::debug!("VFIO: guest RAM mappings went with the last device");
+            return Ok(DmaStats {
+                bytes: mappings.iter().map(|m| m.size).sum(),
+                elapsed: start.elapsed(),
+            });
+        }
         let mut bytes = 0;
         let mut first_err = None;
         for m in mappings {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::iommu_info::tests::{info_buf, VTD39};
 
 const INF: u64 = libc::RLIM_INFINITY;
 const GIB: u64 = 1 << 30;
@@ -67,83 +68,6 @@ fn cap_ipc_lock_is_read_from_capeff() {
     assert!(!status_has_capability("", 14));
 }
 
-/// Builds a `VFIO_IOMMU_GET_INFO` answer: header, then optionally an unrelated capability, then
-/// the IOVA-range capability.
-fn info_buf(pgsizes: u64, ranges: &[(u64, u64)], extra_cap_first: bool) -> Vec<u8> {
-    let mut b = Vec::new();
-    let mut caps = Vec::new();
-    let mut off = INFO_SIZE;
-    if extra_cap_first {
-        // id 2 (migration), 24 bytes.
-        let next = off + 24;
-        caps.extend_from_slice(&2u16.to_ne_bytes());
-        caps.extend_from_slice(&1u16.to_ne_bytes());
-        caps.extend_from_slice(&(next as u32).to_ne_bytes());
-        caps.extend_from_slice(&[0u8; 16]);
-        off = next;
-    }
-    let _ = off;
-    caps.extend_from_slice(&CAP_IOVA_RANGE.to_ne_bytes());
-    caps.extend_from_slice(&1u16.to_ne_bytes());
-    caps.extend_from_slice(&0u32.to_ne_bytes());
-    caps.extend_from_slice(&(ranges.len() as u32).to_ne_bytes());
-    caps.extend_from_slice(&0u32.to_ne_bytes());
-    for (s, e) in ranges {
-        caps.extend_from_slice(&s.to_ne_bytes());
-        caps.extend_from_slice(&e.to_ne_bytes());
-    }
-    let argsz = (INFO_SIZE + caps.len()) as u32;
-    b.extend_from_slice(&argsz.to_ne_bytes());
-    b.extend_from_slice(&(INFO_PGSIZES | INFO_CAPS).to_ne_bytes());
-    b.extend_from_slice(&pgsizes.to_ne_bytes());
-    b.extend_from_slice(&(INFO_SIZE as u32).to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes());
-    b.extend_from_slice(&caps);
-    b
-}
-
-/// What a 39-bit emulated VT-d reports: everything below 512 GiB except the MSI window.
-const VTD39: [(u64, u64); 2] = [(0, 0xfedf_ffff), (0xfef0_0000, (1 << 39) - 1)];
-
-#[test]
-fn iova_ranges_are_parsed_from_the_capability_chain() {
-    let info = parse_iommu_info(&info_buf(0x40201000, &VTD39, true));
-    assert_eq!(info.page_sizes, 0x40201000);
-    assert_eq!(
-        info.iova_ranges,
-        Some(vec![
-            IovaRange {
-                start: 0,
-                end: 0xfedf_ffff
-            },
-            IovaRange {
-                start: 0xfef0_0000,
-                end: (1 << 39) - 1
-            },
-        ])
-    );
-}
-
-#[test]
-fn info_without_caps_has_no_ranges() {
-    let mut b = info_buf(0x1000, &VTD39, false);
-    b[4..8].copy_from_slice(&INFO_PGSIZES.to_ne_bytes());
-    let info = parse_iommu_info(&b[..INFO_SIZE]);
-    assert_eq!(info.page_sizes, 0x1000);
-    assert_eq!(info.iova_ranges, None);
-}
-
-#[test]
-fn truncated_or_looping_chains_are_not_trusted() {
-    let b = info_buf(0x1000, &VTD39, false);
-    // Cut in the middle of the ranges: no ranges rather than garbage.
-    assert_eq!(parse_iommu_info(&b[..b.len() - 4]).iova_ranges, None);
-    // A capability whose next points at itself ends the walk.
-    let mut b = info_buf(0x1000, &VTD39, true);
-    b[INFO_SIZE + 4..INFO_SIZE + 8].copy_from_slice(&(INFO_SIZE as u32).to_ne_bytes());
-    assert_eq!(parse_iommu_info(&b).iova_ranges, None);
-}
-
 fn region(gpa: u64, size: u64) -> GuestRamRegion {
     GuestRamRegion {
         gpa,
@@ -186,6 +110,7 @@ fn misaligned_ram_is_refused() {
     let info = IommuInfo {
         page_sizes: 0x1000 | 0x20_0000,
         iova_ranges: None,
+        dma_avail: None,
     };
     let err = check_regions(&[region(0x800, 0x1000)], &info).unwrap_err();
     assert!(matches!(err, VfioError::Misaligned { page: 0x1000, .. }));
@@ -203,10 +128,4 @@ fn time_per_gib_scales_with_bytes() {
         elapsed: Duration::from_millis(5),
     };
     assert_eq!(none.per_gib(), Duration::ZERO);
-}
-
-#[test]
-fn get_info_ioctl_number_matches_the_kernel() {
-    // _IO(';', VFIO_BASE + 12) in <linux/vfio.h>.
-    assert_eq!(VFIO_IOMMU_GET_INFO(), 0x3b70);
 }

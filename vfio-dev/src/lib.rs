@@ -20,6 +20,7 @@ pub mod error;
 mod fake;
 pub mod host;
 mod interrupts;
+pub mod iommu_info;
 pub mod routing;
 pub mod sparse;
 pub mod sysfs;

@@ -5,7 +5,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::json::Value;
+use serde::{Deserialize, Serialize};
+
 use super::{read_attr, read_u32, HostBdf, HostError, HostPaths};
 use crate::sysfs::{self, class_name, is_vfio_driver, GroupMember};
 
@@ -44,26 +45,104 @@ impl ClassFilter {
     }
 }
 
-/// SR-IOV state of a physical function.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// SR-IOV state of a physical function. In `viaduct devices --json` it is the `sriov` object,
+/// with the sysfs attribute names as keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SriovInfo {
     /// `sriov_totalvfs`: how many VFs the device can have.
+    #[serde(rename = "totalvfs")]
     pub total_vfs: u32,
     /// `sriov_numvfs`: how many are enabled.
+    #[serde(rename = "numvfs")]
     pub num_vfs: u32,
     /// The enabled VFs' addresses (`virtfnN` links), in VF order.
+    #[serde(rename = "vfs")]
     pub vfs: Vec<String>,
 }
 
-/// A mediated device type a parent offers (`mdev_supported_types/<id>/`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A mediated device type a parent offers (`mdev_supported_types/<id>/`). In
+/// `viaduct devices --json` it is an element of `mdev_types`; `null` stands for an attribute
+/// that could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MdevType {
     /// The type's directory name, e.g. `nvidia-63`: what `viaduct mdev create` takes.
+    #[serde(rename = "type")]
     pub id: String,
     /// Its `name`, e.g. `GRID T4-1B`.
+    #[serde(rename = "name")]
     pub name: Option<String>,
     /// How many more instances can be created now.
+    #[serde(rename = "available_instances")]
     pub available_instances: Option<u32>,
+}
+
+/// One device as `viaduct devices --json` prints it: a [`PciFunction`] with its ids and class
+/// in hex, the other members of its group and whether it is ready. Keys are written in field
+/// order; an absent value is `null`, never a missing key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// Its address, `DDDD:BB:DD.F`.
+    #[serde(rename = "bdf")]
+    pub bdf: String,
+    /// Vendor ID, four hex digits.
+    #[serde(rename = "vendor_id")]
+    pub vendor_id: String,
+    /// Device ID, four hex digits.
+    #[serde(rename = "device_id")]
+    pub device_id: String,
+    /// 24-bit class code, six hex digits.
+    #[serde(rename = "class")]
+    pub class: String,
+    /// What the class code means, e.g. `VGA`.
+    #[serde(rename = "class_name")]
+    pub class_name: String,
+    /// The driver bound now.
+    #[serde(rename = "driver")]
+    pub driver: Option<String>,
+    /// `driver_override`, when set.
+    #[serde(rename = "driver_override")]
+    pub driver_override: Option<String>,
+    /// IOMMU group, `null` when the IOMMU is off.
+    #[serde(rename = "iommu_group")]
+    pub iommu_group: Option<u32>,
+    /// The other members of the group (this device left out).
+    #[serde(rename = "group_members")]
+    pub group_members: Vec<GroupMateRecord>,
+    /// SR-IOV, for a physical function that has the capability.
+    #[serde(rename = "sriov")]
+    pub sriov: Option<SriovInfo>,
+    /// For a virtual function: its physical function's address.
+    #[serde(rename = "physfn")]
+    pub physfn: Option<String>,
+    /// Mediated device types offered.
+    #[serde(rename = "mdev_types")]
+    pub mdev_types: Vec<MdevType>,
+    /// Whether it can be passed through now ([`PciFunction::ready`]).
+    #[serde(rename = "ready")]
+    pub ready: bool,
+    /// Why not, `null` when ready ([`PciFunction::not_ready_reason`]).
+    #[serde(rename = "not_ready_reason")]
+    pub not_ready_reason: Option<String>,
+}
+
+/// Another member of a device's IOMMU group, an element of [`DeviceRecord::group_members`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMateRecord {
+    /// Its address.
+    #[serde(rename = "bdf")]
+    pub bdf: String,
+    /// `vvvv:dddd`, `????:????` when unreadable.
+    #[serde(rename = "ids")]
+    pub ids: String,
+    /// What its class code means, `null` when unreadable.
+    #[serde(rename = "class_name")]
+    pub class_name: Option<String>,
+    /// The driver bound to it.
+    #[serde(rename = "driver")]
+    pub driver: Option<String>,
+    /// Whether it keeps the group from being handed to VFIO ([`GroupMember::blocks`]).
+    #[serde(rename = "blocks_group")]
+    pub blocks_group: bool,
 }
 
 /// One host PCI function with everything `viaduct devices` reports about it.
@@ -203,68 +282,35 @@ impl PciFunction {
         self.not_ready_reason().is_none()
     }
 
-    /// The JSON object `viaduct devices --json` prints for it.
-    pub fn to_json(&self) -> Value {
-        let members = self
+    /// The record `viaduct devices --json` prints for it.
+    pub fn to_record(&self) -> DeviceRecord {
+        let group_members = self
             .others_in_group()
-            .map(|m| {
-                Value::object([
-                    ("bdf", Value::Str(m.name.clone())),
-                    ("ids", Value::Str(m.describe_ids())),
-                    ("class_name", Value::opt_str(m.class.map(class_name))),
-                    ("driver", Value::opt_str(m.driver.as_deref())),
-                    ("blocks_group", Value::Bool(m.blocks())),
-                ])
+            .map(|m| GroupMateRecord {
+                bdf: m.name.clone(),
+                ids: m.describe_ids(),
+                class_name: m.class.map(|c| class_name(c).to_string()),
+                driver: m.driver.clone(),
+                blocks_group: m.blocks(),
             })
             .collect();
-        let sriov = self.sriov.as_ref().map_or(Value::Null, |s| {
-            Value::object([
-                ("totalvfs", Value::Int(s.total_vfs.into())),
-                ("numvfs", Value::Int(s.num_vfs.into())),
-                (
-                    "vfs",
-                    Value::Array(s.vfs.iter().map(|v| Value::Str(v.clone())).collect()),
-                ),
-            ])
-        });
-        let mdev = self
-            .mdev_types
-            .iter()
-            .map(|t| {
-                Value::object([
-                    ("type", Value::Str(t.id.clone())),
-                    ("name", Value::opt_str(t.name.as_deref())),
-                    (
-                        "available_instances",
-                        t.available_instances
-                            .map_or(Value::Null, |n| Value::Int(n.into())),
-                    ),
-                ])
-            })
-            .collect();
-        let reason = self.not_ready_reason();
-        Value::object([
-            ("bdf", Value::Str(self.bdf.to_string())),
-            ("vendor_id", Value::Str(format!("{:04x}", self.vendor_id))),
-            ("device_id", Value::Str(format!("{:04x}", self.device_id))),
-            ("class", Value::Str(format!("{:06x}", self.class))),
-            ("class_name", Value::Str(class_name(self.class).to_string())),
-            ("driver", Value::opt_str(self.driver.as_deref())),
-            (
-                "driver_override",
-                Value::opt_str(self.driver_override.as_deref()),
-            ),
-            (
-                "iommu_group",
-                self.group.map_or(Value::Null, |g| Value::Int(g.into())),
-            ),
-            ("group_members", Value::Array(members)),
-            ("sriov", sriov),
-            ("physfn", Value::opt_str(self.physfn.as_deref())),
-            ("mdev_types", Value::Array(mdev)),
-            ("ready", Value::Bool(reason.is_none())),
-            ("not_ready_reason", Value::opt_str(reason.as_deref())),
-        ])
+        let not_ready_reason = self.not_ready_reason();
+        DeviceRecord {
+            bdf: self.bdf.to_string(),
+            vendor_id: format!("{:04x}", self.vendor_id),
+            device_id: format!("{:04x}", self.device_id),
+            class: format!("{:06x}", self.class),
+            class_name: class_name(self.class).to_string(),
+            driver: self.driver.clone(),
+            driver_override: self.driver_override.clone(),
+            iommu_group: self.group,
+            group_members,
+            sriov: self.sriov.clone(),
+            physfn: self.physfn.clone(),
+            mdev_types: self.mdev_types.clone(),
+            ready: not_ready_reason.is_none(),
+            not_ready_reason,
+        }
     }
 
     /// The notes column of the table: group mates, SR-IOV, mdev types, why it is not ready.
@@ -362,6 +408,14 @@ pub fn list(paths: &HostPaths) -> Result<Vec<PciFunction>, HostError> {
         .collect();
     bdfs.sort();
     bdfs.iter().map(|b| PciFunction::read(paths, b)).collect()
+}
+
+/// The JSON array `viaduct devices --json` prints: one [`DeviceRecord`] per device, indented
+/// by two spaces per level.
+pub fn json(devices: &[PciFunction]) -> String {
+    let records: Vec<DeviceRecord> = devices.iter().map(PciFunction::to_record).collect();
+    // Strings, integers, booleans and structs with string keys: nothing here can fail.
+    serde_json::to_string_pretty(&records).expect("device records serialize to JSON")
 }
 
 /// The human table of `viaduct devices`.

@@ -1,6 +1,6 @@
 use super::*;
 use crate::host::fixture::*;
-use crate::host::json;
+use serde_json::Value;
 
 /// The host the issue describes: an SR-IOV NIC with two VFs, a GPU with its HDMI audio in one
 /// group, an mdev-capable T4, a root port, an NVMe on vfio-pci alone in its group.
@@ -143,13 +143,13 @@ fn list_is_sorted_and_filters_by_class() {
 fn json_carries_every_field() {
     let f = host();
     let gpu = PciFunction::read(&f.paths, &Fixture::bdf("0000:01:00.0")).unwrap();
-    let v = json::parse(&gpu.to_json().to_json()).unwrap();
+    let v: Value = serde_json::from_str(&serde_json::to_string(&gpu.to_record()).unwrap()).unwrap();
     assert_eq!(v.get("bdf").unwrap().as_str(), Some("0000:01:00.0"));
     assert_eq!(v.get("vendor_id").unwrap().as_str(), Some("10de"));
     assert_eq!(v.get("device_id").unwrap().as_str(), Some("2204"));
     assert_eq!(v.get("class").unwrap().as_str(), Some("030000"));
     assert_eq!(v.get("driver").unwrap().as_str(), Some("nvidia"));
-    assert_eq!(v.get("iommu_group").unwrap().as_int(), Some(12));
+    assert_eq!(v.get("iommu_group").unwrap().as_i64(), Some(12));
     let members = v.get("group_members").unwrap().as_array().unwrap();
     assert_eq!(members.len(), 1);
     assert_eq!(
@@ -164,22 +164,70 @@ fn json_carries_every_field() {
         members[0].get("blocks_group").unwrap().as_bool(),
         Some(true)
     );
-    assert_eq!(v.get("sriov"), Some(&json::Value::Null));
+    assert_eq!(v.get("sriov"), Some(&Value::Null));
     assert_eq!(v.get("ready").unwrap().as_bool(), Some(false));
 
     let pf = PciFunction::read(&f.paths, &Fixture::bdf("0000:02:00.0")).unwrap();
-    let v = pf.to_json();
+    let v = serde_json::to_value(pf.to_record()).unwrap();
     let sriov = v.get("sriov").unwrap();
-    assert_eq!(sriov.get("totalvfs").unwrap().as_int(), Some(8));
-    assert_eq!(sriov.get("numvfs").unwrap().as_int(), Some(2));
+    assert_eq!(sriov.get("totalvfs").unwrap().as_i64(), Some(8));
+    assert_eq!(sriov.get("numvfs").unwrap().as_i64(), Some(2));
     let t4 = PciFunction::read(&f.paths, &Fixture::bdf("0000:03:00.0")).unwrap();
-    let types = t4.to_json();
+    let types = serde_json::to_value(t4.to_record()).unwrap();
     let types = types.get("mdev_types").unwrap().as_array().unwrap();
     assert_eq!(types[0].get("type").unwrap().as_str(), Some("nvidia-63"));
     assert_eq!(
-        types[0].get("available_instances").unwrap().as_int(),
+        types[0].get("available_instances").unwrap().as_i64(),
         Some(4)
     );
+}
+
+#[test]
+fn json_keys_order_and_nulls_are_fixed() {
+    let f = host();
+    let gpu = PciFunction::read(&f.paths, &Fixture::bdf("0000:01:00.0")).unwrap();
+    let text = serde_json::to_string(&gpu.to_record()).unwrap();
+    assert_eq!(
+        text,
+        concat!(
+            r#"{"bdf":"0000:01:00.0","vendor_id":"10de","device_id":"2204","class":"030000","#,
+            r#""class_name":"VGA","driver":"nvidia","driver_override":null,"iommu_group":12,"#,
+            r#""group_members":[{"bdf":"0000:01:00.1","ids":"10de:1aef","class_name":"audio","#,
+            r#""driver":"snd_hda_intel","blocks_group":true}],"sriov":null,"physfn":null,"#,
+            r#""mdev_types":[],"ready":false,"#,
+            r#""not_ready_reason":"on nvidia, not vfio-pci: `viaduct bind 0000:01:00.0`"}"#
+        )
+    );
+    let pf = PciFunction::read(&f.paths, &Fixture::bdf("0000:02:00.0")).unwrap();
+    let sriov = serde_json::to_string(&pf.to_record().sriov).unwrap();
+    assert_eq!(
+        sriov,
+        r#"{"totalvfs":8,"numvfs":2,"vfs":["0000:02:10.0","0000:02:10.4"]}"#
+    );
+    let t4 = PciFunction::read(&f.paths, &Fixture::bdf("0000:03:00.0")).unwrap();
+    let types = serde_json::to_string(&t4.to_record().mdev_types).unwrap();
+    assert_eq!(
+        types,
+        concat!(
+            r#"[{"type":"nvidia-63","name":"GRID T4-1B","available_instances":4},"#,
+            r#"{"type":"nvidia-64","name":"GRID T4-2B","available_instances":0}]"#
+        )
+    );
+}
+
+#[test]
+fn json_list_is_indented_and_reads_back() {
+    assert_eq!(json(&[]), "[]");
+    let f = host();
+    let all = list(&f.paths).unwrap();
+    let text = json(&all);
+    assert!(
+        text.starts_with("[\n  {\n    \"bdf\": \"0000:00:01.0\",\n"),
+        "{text}"
+    );
+    let back: Vec<DeviceRecord> = serde_json::from_str(&text).unwrap();
+    let records: Vec<DeviceRecord> = all.iter().map(PciFunction::to_record).collect();
+    assert_eq!(back, records);
 }
 
 #[test]

@@ -15,7 +15,6 @@ mod error;
 #[cfg(test)]
 pub(crate) mod fixture;
 pub mod inventory;
-pub mod json;
 pub mod managed;
 pub mod mdev;
 pub mod rootdisk;
