@@ -14,19 +14,8 @@ pub mod launch;
 pub mod logging;
 pub mod options;
 
-use std::error::Error;
-
 /// Formats an error and its whole `source()` chain as one line, joined with `": "`.
-pub fn error_chain(error: &dyn Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        message.push_str(": ");
-        message.push_str(&e.to_string());
-        source = e.source();
-    }
-    message
-}
+pub use vmm::error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -12,9 +12,10 @@ pub enum ExitReason {
     Reboot,
     /// The guest kernel reported a panic through pvpanic. viaduct exits non-zero.
     GuestPanic,
-    /// A vCPU stopped in a way the guest did not ask for (triple fault, KVM internal error,
-    /// failed ioctl). The string says what happened; viaduct exits non-zero.
-    Failure(String),
+    /// A vCPU (or the VMM's event loop) stopped in a way the guest did not ask for (triple
+    /// fault, KVM internal error, failed ioctl). Whoever reports it keeps the typed cause and
+    /// returns it; viaduct exits non-zero.
+    Failure,
 }
 
 /// Shared "stop the VM" signal: a reason slot plus an eventfd the event loop waits on.

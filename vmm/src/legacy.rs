@@ -64,7 +64,7 @@ fn insert(
     len: u16,
 ) -> Result<(), Error> {
     bus.insert(dev, u64::from(port), u64::from(len))
-        .map_err(|e| Error::DeviceLayout(e.to_string()))
+        .map_err(|source| Error::LegacyPort { port, source })
 }
 
 /// Creates the legacy devices and connects COM1's interrupt to its GSI.
@@ -100,7 +100,7 @@ pub fn create_legacy_devices(
         layout::ACPI_RESET_VALUE,
         layout::ACPI_S5_SLEEP_TYPE,
     )
-    .map_err(|e| Error::DeviceLayout(e.to_string()))?;
+    .map_err(Error::AcpiPm)?;
     insert(&pio, Arc::new(Mutex::new(pm)), layout::ACPI_PM_PORT, 1)?;
     insert(
         &pio,

@@ -6,13 +6,12 @@
 
 pub mod config;
 mod console;
+pub mod device_manager;
 mod disks;
 mod interrupts;
 mod legacy;
 mod memory;
 mod passthrough;
-mod pci;
-mod pci_device;
 mod signals;
 mod vcpu;
 mod vm;
@@ -25,10 +24,15 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use log::{info, warn};
+use vm_memory::GuestMemoryBackend;
 
 use config::VmConfig;
-use devices::bus::Bus;
+use device_manager::guest_map::GuestMappings;
+use device_manager::topology::{self, LayoutError};
+use device_manager::{AttachError, ConfigAccessError, DeviceManager};
+use devices::bus::{Bus, BusError};
 use devices::exit::{ExitNotifier, ExitReason};
+pub use vcpu::VcpuFailure;
 
 /// How a VM run ended when the guest itself asked for it to end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,10 +53,10 @@ pub enum Error {
     #[error("KVM on this host lacks the {0} capability; viaduct needs it")]
     KvmCapability(&'static str),
     /// A VM-level KVM ioctl failed.
-    #[error("{0} failed: {1}")]
+    #[error("{0} failed")]
     Kvm(&'static str, #[source] kvm_ioctls::Error),
     /// A vCPU ioctl failed.
-    #[error("vCPU {index}: {op} failed: {source}")]
+    #[error("vCPU {index}: {op} failed")]
     Vcpu {
         /// The vCPU.
         index: u8,
@@ -62,12 +66,13 @@ pub enum Error {
         source: kvm_ioctls::Error,
     },
     /// Guest RAM could not be mapped.
-    #[error("cannot map {bytes} bytes of guest memory: {detail}; try a smaller --memory size")]
+    #[error("cannot map {bytes} bytes of guest memory; try a smaller --memory size")]
     GuestMemory {
         /// Requested size.
         bytes: u64,
         /// Underlying error.
-        detail: String,
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
     },
     /// Loading the kernel or writing boot information failed.
     #[error(transparent)]
@@ -76,10 +81,10 @@ pub enum Error {
     #[error(transparent)]
     Acpi(#[from] arch::acpi::AcpiError),
     /// The boot vCPU state could not be written.
-    #[error("{0}")]
-    BootState(String),
+    #[error("cannot write the boot vCPU's state")]
+    BootState(#[source] arch::regs::RegsError),
     /// `--serial file=` could not be opened.
-    #[error("--serial file={}: cannot open for appending: {source}", path.display())]
+    #[error("--serial file={}: cannot open for appending", path.display())]
     SerialFile {
         /// The file.
         path: PathBuf,
@@ -87,32 +92,51 @@ pub enum Error {
         source: std::io::Error,
     },
     /// An eventfd could not be created.
-    #[error("cannot create an eventfd: {0}")]
+    #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
-    /// Devices could not be placed.
-    #[error("device layout: {0}")]
-    DeviceLayout(String),
-    /// A disk could not be set up; the message names the disk.
-    #[error("{0}")]
-    Disk(String),
-    /// A passthrough device could not be set up; the message names the device.
-    #[error("{0}")]
-    Passthrough(String),
+    /// A legacy device's ports are taken.
+    #[error("cannot place the legacy device at port {port:#x}")]
+    LegacyPort {
+        /// Its first port.
+        port: u16,
+        /// The conflict.
+        source: BusError,
+    },
+    /// The ACPI power-management device could not be built.
+    #[error("cannot build the ACPI power-management device")]
+    AcpiPm(#[source] devices::acpi_pm::AcpiPmError),
     /// The PCI segments could not be laid out.
-    #[error("PCI layout: {0}")]
-    PciLayout(String),
+    #[error(transparent)]
+    PciLayout(#[from] LayoutError),
+    /// A segment's config-access path could not be put on its bus.
+    #[error(transparent)]
+    ConfigAccess(#[from] ConfigAccessError),
+    /// A PCI device (disk or passthrough) could not be attached; the message names it.
+    #[error(transparent)]
+    Attach(#[from] AttachError),
     /// The event loop failed.
-    #[error("event loop: {0}")]
-    EventLoop(String),
+    #[error("event loop")]
+    EventLoop(#[source] event_manager::Error),
+    /// A signal handler could not be installed.
+    #[error("cannot install the handler of signal {signal}")]
+    SignalHandler {
+        /// The signal.
+        signal: i32,
+        /// The OS error.
+        source: vmm_sys_util::errno::Error,
+    },
     /// A vCPU thread could not be started.
-    #[error("cannot start the thread for vCPU {0}: {1}")]
+    #[error("cannot start the thread for vCPU {0}")]
     VcpuThread(u8, #[source] std::io::Error),
     /// The guest kernel panicked (reported through pvpanic).
     #[error("the guest kernel panicked")]
     GuestPanic,
     /// A vCPU stopped in a way the guest did not ask for.
-    #[error("the VM failed: {0}")]
-    VmFailure(String),
+    #[error("the VM failed")]
+    VmFailure(#[source] VcpuFailure),
+    /// The VM stopped and nobody said why (a bug).
+    #[error("the VM stopped without a reason")]
+    NoExitReason,
     /// viaduct was asked to stop by a signal.
     #[error("stopped by signal {0}")]
     Signal(&'static str),
@@ -131,14 +155,43 @@ fn kvm_open_hint(errno: i32) -> String {
     }
 }
 
+/// Formats an error and its whole `source()` chain as one line, joined with `": "`.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        message.push_str(": ");
+        message.push_str(&e.to_string());
+        source = e.source();
+    }
+    message
+}
+
 /// How long a vCPU thread gets to leave KVM_RUN after being kicked at shutdown.
 const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The VM's PCI devices: the device manager and the VFIO container. Dropping it tears them down
+/// in the one safe order: every device detached (memory slots, mmaps, interrupts, device fds),
+/// then guest RAM unmapped from the IOMMU and the container closed.
+struct PciDevices {
+    manager: Arc<DeviceManager>,
+    passthrough: passthrough::Passthrough,
+}
+
+impl Drop for PciDevices {
+    fn drop(&mut self) {
+        self.manager.detach_all();
+        self.passthrough.release();
+    }
+}
+
 /// Boots the VM described by `config` and runs it until it stops.
 pub fn run(config: VmConfig) -> Result<Outcome, Error> {
+    // Guest memory is declared first so that it is dropped last, after the VM, its vCPUs and
+    // every device (and the VFIO container that pins it) are gone.
+    let mem = memory::create_guest_memory(config.memory_bytes)?;
     let kvm = vm::open_kvm()?;
     let vm = Arc::new(vm::create_vm(&kvm)?);
-    let mem = memory::create_guest_memory(config.memory_bytes)?;
     memory::register_memory(&vm, &mem)?;
 
     let kernel = arch::boot::load_kernel(&mem, &config.kernel)?;
@@ -166,32 +219,40 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     arch::cpuid::set_phys_bits(base_cpuid.as_mut_slice(), phys_bits);
     info!("guest physical address width: {phys_bits} bits (host reports {host_phys_bits})");
 
-    let pci = pci::create_pci_topology(
+    let plan = topology::plan_segments(
         &config.pci,
         arch::memory::ram_end(config.memory_bytes),
         phys_bits,
-        &pio,
-        &mmio,
     )?;
-    let router = Arc::new(interrupts::GsiRouter::new(vm.clone()));
-    let _disks = disks::Disks::attach(&config.disks, &vm, &mem, &pci, &mmio, router.clone())?;
-    let _passthrough = passthrough::PassthroughGuard {
-        passthrough: passthrough::Passthrough::attach(
-            &config.devices,
-            &vm,
-            &mem,
-            &pci,
-            &mmio,
-            &pio,
-            router,
-        )?,
-        relocator: pci.relocator.clone(),
+    let guest: Arc<dyn GuestMappings> = vm.clone();
+    let manager = DeviceManager::new(
+        &plan,
+        guest,
+        mmio.clone(),
+        pio.clone(),
+        mem.num_regions() as u32,
+    )?;
+    let router: Arc<dyn vfio_dev::routing::InterruptRouter> =
+        Arc::new(interrupts::GsiRouter::new(vm.clone()));
+    let pci_devices = PciDevices {
+        passthrough: passthrough::Passthrough::new(vm.clone(), &mem, router.clone()),
+        manager,
     };
+    let dma_mem = Arc::new(mem.clone());
+    for disk in &config.disks {
+        disks::attach(&pci_devices.manager, disk, &dma_mem, &router)?;
+    }
+    for device in &config.devices {
+        pci_devices
+            .passthrough
+            .attach(&pci_devices.manager, device)?;
+    }
 
     let mut acpi = arch::acpi::AcpiConfig::new(config.boot_vcpus);
     acpi.serial = config.serial != config::SerialMode::Off;
     acpi.pvpanic = true;
-    acpi.add_pci_roots(&pci.acpi_roots());
+    let roots: Vec<_> = plan.iter().map(|s| s.acpi_root()).collect();
+    acpi.add_pci_roots(&roots);
     let rsdp = arch::acpi::create_acpi_tables(&mem, &acpi)?;
 
     let entry = arch::boot::configure_boot(
@@ -242,9 +303,9 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
 
     let loop_result = event_loop(&exit, legacy.com1, config.serial == config::SerialMode::Tty);
     if loop_result.is_err() {
-        exit.notify(ExitReason::Failure("event loop failed".into()));
+        exit.notify(ExitReason::Failure);
     }
-    stop_vcpus(&stop, threads);
+    let failure = stop_vcpus(&stop, threads);
     info!("viaduct vCPU exits: {stats}");
     loop_result?;
 
@@ -255,8 +316,8 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
         Some(ExitReason::PowerOff) => Ok(Outcome::PowerOff),
         Some(ExitReason::Reboot) => Ok(Outcome::Reboot),
         Some(ExitReason::GuestPanic) => Err(Error::GuestPanic),
-        Some(ExitReason::Failure(what)) => Err(Error::VmFailure(what)),
-        None => Err(Error::VmFailure("the VM stopped without a reason".into())),
+        Some(ExitReason::Failure) => Err(failure.map_or(Error::NoExitReason, Error::VmFailure)),
+        None => Err(Error::NoExitReason),
     }
 }
 
@@ -267,7 +328,7 @@ fn event_loop(
     forward_stdin: bool,
 ) -> Result<(), Error> {
     let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
-        EventManager::new().map_err(|e| Error::EventLoop(e.to_string()))?;
+        EventManager::new().map_err(Error::EventLoop)?;
     let done = Arc::new(AtomicBool::new(false));
     let exit_event = exit.event().try_clone().map_err(Error::EventFd)?;
     manager.add_subscriber(Arc::new(Mutex::new(console::ExitWatcher::new(
@@ -281,15 +342,20 @@ fn event_loop(
         ))));
     }
     while !done.load(Ordering::Acquire) {
-        manager.run().map_err(|e| Error::EventLoop(e.to_string()))?;
+        manager.run().map_err(Error::EventLoop)?;
     }
     Ok(())
 }
 
-/// Asks every vCPU thread to leave KVM_RUN and waits for it.
-fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
+/// Asks every vCPU thread to leave KVM_RUN and waits for it; returns the first failure a vCPU
+/// reported.
+fn stop_vcpus(
+    stop: &AtomicBool,
+    threads: Vec<JoinHandle<Option<VcpuFailure>>>,
+) -> Option<VcpuFailure> {
     stop.store(true, Ordering::Release);
     let deadline = Instant::now() + VCPU_STOP_TIMEOUT;
+    let mut failure = None;
     for handle in threads {
         // A kick can land just before the thread re-enters KVM_RUN, so repeat it until it leaves.
         while !handle.is_finished() && Instant::now() < deadline {
@@ -297,9 +363,12 @@ fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
             std::thread::sleep(Duration::from_millis(5));
         }
         if handle.is_finished() {
-            let _ = handle.join();
+            if let Ok(Some(f)) = handle.join() {
+                failure.get_or_insert(f);
+            }
         } else {
             warn!("a vCPU thread did not stop within {VCPU_STOP_TIMEOUT:?}");
         }
     }
+    failure
 }

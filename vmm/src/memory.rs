@@ -15,9 +15,9 @@ pub fn create_guest_memory(memory_bytes: u64) -> Result<GuestMemoryMmap, Error> 
         .into_iter()
         .map(|(start, len)| (GuestAddress(start), len as usize))
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::GuestMemory {
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| Error::GuestMemory {
         bytes: memory_bytes,
-        detail: e.to_string(),
+        source,
     })
 }
 
@@ -32,7 +32,8 @@ pub fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), Error> {
             flags: 0,
         };
         // SAFETY: the host range is a live mapping owned by `mem`, which the caller keeps alive
-        // for as long as the VM exists (the VM is dropped before the memory in `run`).
+        // for as long as the VM exists: `run` declares the memory before the VM, so the VM (and
+        // every vCPU and device) is dropped first.
         unsafe { vm.set_user_memory_region(region_desc) }
             .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
     }

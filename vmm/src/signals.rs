@@ -34,11 +34,15 @@ pub fn install(exit: &ExitNotifier) -> Result<(), Error> {
     // The handler may run at any time until exit, so its descriptor is never closed.
     std::mem::forget(fd);
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        register_signal_handler(sig, on_terminate)
-            .map_err(|e| Error::EventLoop(format!("cannot handle signal {sig}: {e}")))?;
+        register_signal_handler(sig, on_terminate).map_err(|source| Error::SignalHandler {
+            signal: sig,
+            source,
+        })?;
     }
-    register_signal_handler(SIGRTMIN(), on_kick)
-        .map_err(|e| Error::EventLoop(format!("cannot install the vCPU kick handler: {e}")))?;
+    register_signal_handler(SIGRTMIN(), on_kick).map_err(|source| Error::SignalHandler {
+        signal: SIGRTMIN(),
+        source,
+    })?;
     Ok(())
 }
 
@@ -54,6 +58,6 @@ pub fn received() -> Option<&'static str> {
 }
 
 /// Interrupts the vCPU thread's KVM_RUN (it returns EINTR and the thread checks its stop flag).
-pub fn kick(handle: &JoinHandle<()>) {
+pub fn kick<T>(handle: &JoinHandle<T>) {
     let _ = handle.kill(SIGRTMIN());
 }

@@ -50,6 +50,103 @@ impl std::fmt::Display for ExitStats {
     }
 }
 
+/// Why a vCPU ended the VM without the guest asking for it.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuFailure {
+    /// The guest reported a crash through KVM.
+    #[error("vCPU {index}: the guest reported a crash (KVM_SYSTEM_EVENT_CRASH)")]
+    Crash {
+        /// The vCPU.
+        index: u8,
+    },
+    /// A KVM system event viaduct does not know.
+    #[error("vCPU {index}: unexpected KVM system event {event}")]
+    SystemEvent {
+        /// The vCPU.
+        index: u8,
+        /// `kvm_run.system_event.type`.
+        event: u32,
+    },
+    /// A triple fault.
+    #[error(
+        "vCPU {index}: triple fault (KVM_EXIT_SHUTDOWN): the guest reset the CPU without asking \
+         the platform"
+    )]
+    TripleFault {
+        /// The vCPU.
+        index: u8,
+    },
+    /// KVM could not emulate something.
+    #[error(
+        "vCPU {index}: KVM internal error, suberror {suberror} (1 = emulation failure), data {data:#x?}"
+    )]
+    Internal {
+        /// The vCPU.
+        index: u8,
+        /// `kvm_run.internal.suberror`.
+        suberror: u32,
+        /// `kvm_run.internal.data`.
+        data: Vec<u64>,
+    },
+    /// Hardware refused to enter the guest.
+    #[error(
+        "vCPU {index}: KVM could not enter the guest (hardware entry failure reason {reason:#x} \
+         on host CPU {cpu})"
+    )]
+    FailEntry {
+        /// The vCPU.
+        index: u8,
+        /// The hardware's reason.
+        reason: u64,
+        /// The host CPU.
+        cpu: u32,
+    },
+    /// HLT with no in-kernel LAPIC to wake it.
+    #[error("vCPU {index}: halted with no way to be woken (KVM_EXIT_HLT)")]
+    Halted {
+        /// The vCPU.
+        index: u8,
+    },
+    /// An exit viaduct does not handle.
+    #[error("vCPU {index}: unhandled exit {exit}")]
+    UnhandledExit {
+        /// The vCPU.
+        index: u8,
+        /// Which exit.
+        exit: &'static str,
+    },
+    /// KVM_RUN itself failed.
+    #[error("vCPU {index}: KVM_RUN failed")]
+    KvmRun {
+        /// The vCPU.
+        index: u8,
+        /// KVM's error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// The name of a `VcpuExit` variant, for a failure message.
+fn exit_name(exit: &VcpuExit<'_>) -> &'static str {
+    match exit {
+        VcpuExit::Unknown => "KVM_EXIT_UNKNOWN",
+        VcpuExit::Exception => "KVM_EXIT_EXCEPTION",
+        VcpuExit::Hypercall(_) => "KVM_EXIT_HYPERCALL",
+        VcpuExit::Debug(_) => "KVM_EXIT_DEBUG",
+        VcpuExit::IrqWindowOpen => "KVM_EXIT_IRQ_WINDOW_OPEN",
+        VcpuExit::Intr => "KVM_EXIT_INTR",
+        VcpuExit::SetTpr => "KVM_EXIT_SET_TPR",
+        VcpuExit::TprAccess => "KVM_EXIT_TPR_ACCESS",
+        VcpuExit::Nmi => "KVM_EXIT_NMI",
+        VcpuExit::X86Rdmsr(_) => "KVM_EXIT_X86_RDMSR",
+        VcpuExit::X86Wrmsr(_) => "KVM_EXIT_X86_WRMSR",
+        VcpuExit::IoapicEoi(_) => "KVM_EXIT_IOAPIC_EOI",
+        VcpuExit::Hyperv => "KVM_EXIT_HYPERV",
+        VcpuExit::Unsupported(_) => "an exit reason kvm-ioctls does not know",
+        _ => "an exit viaduct never expects on x86",
+    }
+}
+
 /// A configured vCPU, ready to run on its own thread.
 pub struct Vcpu {
     index: u8,
@@ -109,8 +206,7 @@ impl Vcpu {
 
         if let Some(entry) = entry {
             let mut sregs = fd.get_sregs().map_err(err("KVM_GET_SREGS"))?;
-            arch::regs::setup_sregs(mem, entry.mode, &mut sregs)
-                .map_err(|e| Error::BootState(e.to_string()))?;
+            arch::regs::setup_sregs(mem, entry.mode, &mut sregs).map_err(Error::BootState)?;
             fd.set_sregs(&sregs).map_err(err("KVM_SET_SREGS"))?;
             fd.set_regs(&arch::regs::boot_regs(entry))
                 .map_err(err("KVM_SET_REGS"))?;
@@ -119,13 +215,14 @@ impl Vcpu {
     }
 
     /// Runs the vCPU until the VM stops (`stop` set) or this vCPU ends the VM through `exit`.
+    /// Returns what went wrong when this vCPU ended the VM because of a failure.
     pub fn run(
         mut self,
         buses: VcpuBuses,
         exit: ExitNotifier,
         stop: Arc<AtomicBool>,
         stats: Arc<ExitStats>,
-    ) {
+    ) -> Option<VcpuFailure> {
         let index = self.index;
         while !stop.load(Ordering::Acquire) {
             let result = self.fd.run();
@@ -168,49 +265,48 @@ impl Vcpu {
                 Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                     KVM_SYSTEM_EVENT_SHUTDOWN => {
                         exit.notify(ExitReason::PowerOff);
-                        return;
+                        return None;
                     }
                     KVM_SYSTEM_EVENT_RESET => {
                         exit.notify(ExitReason::Reboot);
-                        return;
+                        return None;
                     }
-                    KVM_SYSTEM_EVENT_CRASH => Some("the guest reported a crash (KVM_SYSTEM_EVENT_CRASH)".to_string()),
-                    other => Some(format!("unexpected KVM system event {other}")),
+                    KVM_SYSTEM_EVENT_CRASH => Some(VcpuFailure::Crash { index }),
+                    event => Some(VcpuFailure::SystemEvent { index, event }),
                 },
-                Ok(VcpuExit::Shutdown) => {
-                    Some("triple fault (KVM_EXIT_SHUTDOWN): the guest reset the CPU without asking the platform".to_string())
-                }
+                Ok(VcpuExit::Shutdown) => Some(VcpuFailure::TripleFault { index }),
                 Ok(VcpuExit::InternalError) => Some(self.internal_error()),
-                Ok(VcpuExit::FailEntry(reason, cpu)) => Some(format!(
-                    "KVM could not enter the guest (hardware entry failure reason {reason:#x} on host CPU {cpu})"
-                )),
-                Ok(VcpuExit::Hlt) => Some("halted with no way to be woken (KVM_EXIT_HLT)".to_string()),
-                Ok(other) => Some(format!("unhandled exit {other:?}")),
+                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                    Some(VcpuFailure::FailEntry { index, reason, cpu })
+                }
+                Ok(VcpuExit::Hlt) => Some(VcpuFailure::Halted { index }),
+                Ok(other) => Some(VcpuFailure::UnhandledExit {
+                    index,
+                    exit: exit_name(&other),
+                }),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
-                Err(e) => Some(format!("KVM_RUN failed: {e}")),
+                Err(source) => Some(VcpuFailure::KvmRun { index, source }),
             };
-            if let Some(what) = failure {
-                error!("vCPU {index}: {what}");
+            if let Some(failure) = failure {
+                error!("{failure}");
                 self.log_state();
-                exit.notify(ExitReason::Failure(format!("vCPU {index}: {what}")));
-                return;
+                exit.notify(ExitReason::Failure);
+                return Some(failure);
             }
         }
+        None
     }
 
-    fn internal_error(&mut self) -> String {
+    fn internal_error(&mut self) -> VcpuFailure {
         let run = self.fd.get_kvm_run();
         // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the active member.
         let internal = unsafe { run.__bindgen_anon_1.internal };
-        let data: Vec<String> = internal.data[..(internal.ndata as usize).min(internal.data.len())]
-            .iter()
-            .map(|d| format!("{d:#x}"))
-            .collect();
-        format!(
-            "KVM internal error, suberror {} (1 = emulation failure), data [{}]",
-            internal.suberror,
-            data.join(", ")
-        )
+        let n = (internal.ndata as usize).min(internal.data.len());
+        VcpuFailure::Internal {
+            index: self.index,
+            suberror: internal.suberror,
+            data: internal.data[..n].to_vec(),
+        }
     }
 
     /// Logs the registers at error level so a failed boot can be diagnosed from the log.

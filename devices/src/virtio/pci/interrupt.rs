@@ -248,13 +248,21 @@ impl MsixVectors {
     }
 }
 
-impl Drop for MsixVectors {
-    /// Detaches every irqfd, removes the routes and frees the GSIs.
-    fn drop(&mut self) {
+impl MsixVectors {
+    /// Detaches every irqfd, removes the routes and frees the GSIs (the device is leaving the
+    /// bus). Idempotent.
+    pub fn release_all(&mut self) {
         for (v, vector) in self.vectors.iter_mut().enumerate() {
             for e in vector.release(&*self.router) {
                 log::warn!("{}: MSI-X vector {v} teardown: {e}", self.name);
             }
         }
+    }
+}
+
+impl Drop for MsixVectors {
+    /// Detaches every irqfd, removes the routes and frees the GSIs.
+    fn drop(&mut self) {
+        self.release_all();
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use pci::bar::{BarIndex, BarKind, BarSpec};
 use pci::capability::id as cap_id;
 use pci::config_space::{ClassCode, ConfigSpace, DeviceIds, CONFIG_DWORDS};
-use pci::device::{ConfigWriteEffect, PciDevice};
+use pci::device::{ConfigWriteEffect, Decode, PciDevice};
 use pci::error::PciError;
 use pci::msix::{Msix, MsixLayout, MsixRegion};
 use pci::routing::InterruptRouter;
@@ -438,6 +438,16 @@ impl PciDevice for VirtioPciDevice {
             return;
         }
         self.write_region(offset, data);
+    }
+
+    fn decode(&self) -> Decode {
+        self.config.decode()
+    }
+
+    /// Stops the worker and gives back every MSI-X route and GSI.
+    fn shutdown(&mut self) {
+        self.reset();
+        self.msix.release_all();
     }
 }
 
