@@ -11,8 +11,8 @@ mod common;
 
 use common::{
     device_path, l2_nvme_marker, marker_token, pci_capabilities, vfio_bind, viaduct_command,
-    NvmeDisk, RigHost, RigRun, IVSHMEM_ID, NVME_ID, SLOT_BRIDGE, SLOT_IVSHMEM, SLOT_NVME_A,
-    SLOT_NVME_B, VIADUCT_TIMED_OUT,
+    NvmeDisk, RigHost, RigRun, IVSHMEM_ID, NVME_ID, SLOT_BRIDGE, SLOT_EDU, SLOT_IVSHMEM,
+    SLOT_NVME_A, SLOT_NVME_B, VIADUCT_TIMED_OUT,
 };
 
 /// The ivshmem BAR size: a 64-bit BAR larger than the 32-bit hole. 4 GiB is what the tests
@@ -579,10 +579,12 @@ fn nvme_passthrough_works_on_intx_when_the_guest_disables_msi() {
 
 #[test]
 fn guest_moving_a_bar_moves_its_mapping() {
-    // The guest rewrites the NVMe's BAR0 1 MiB higher and reads the controller's version
-    // register at both addresses: viaduct must have moved the BAR's memory slots and traps so the
-    // register answers at the new address and nothing answers at the old one. The guest kernel
-    // then rescans and moves the BAR once more; the driver must work through that mapping too.
+    // The guest moves the NVMe's BAR0 up 1 MiB and 2 MiB, clears Memory Space, moves it back to
+    // its first address while decoding is off and sets Memory Space again, reading the
+    // controller's version register at each step: viaduct must move the BAR's memory slots and
+    // traps with every move, take the BAR out of the guest while decoding is off and put it back
+    // where the guest left it. The guest kernel then rescans and moves the BAR once more; the
+    // driver must work through that mapping too.
     let NvmeRun {
         run,
         disk,
@@ -596,33 +598,61 @@ fn guest_moving_a_bar_moves_its_mapping() {
     assert_clean_run(&run, &marker);
     let vs = run.guest("BAR-VS-OLD-BEFORE").unwrap_or_default();
     assert!(
-        vs.starts_with("0x") && vs != "0xFFFFFFFF",
-        "no NVMe version register at the BAR before the move: {vs}\n{context}"
+        vs.starts_with("0x") && vs != ALL_ONES,
+        "no NVMe version register at the BAR before the moves: {vs}\n{context}"
     );
-    assert_eq!(
-        run.guest("BAR-VS-NEW"),
-        Some(vs),
-        "the register does not answer at the new BAR address\n{context}"
+    let expect = |key: &str, want: &str, what: &str| {
+        assert_eq!(
+            run.guest(key),
+            Some(want),
+            "{what} (GUEST-{key})\n{context}"
+        );
+    };
+    for n in 1..=2 {
+        expect(
+            &format!("BAR-VS-AT-{n}"),
+            vs,
+            "the register answers at the new address",
+        );
+        expect(
+            &format!("BAR-VS-LEFT-{n}"),
+            ALL_ONES,
+            "nothing answers where it was",
+        );
+    }
+    expect(
+        "BAR-VS-DECODE-OFF",
+        ALL_ONES,
+        "Memory Space off reads all-ones",
     );
-    assert_eq!(
-        run.guest("BAR-VS-OLD-AFTER"),
-        Some("0xFFFFFFFF"),
-        "the old BAR address still reaches the device\n{context}"
+    expect("BAR-VS-OFF-MOVED", ALL_ONES, "moved while off, still off");
+    expect(
+        "BAR-VS-BACK",
+        vs,
+        "decode on again: the register answers at the first address",
     );
+    expect("BAR-VS-LEFT-BACK", ALL_ONES, "and not at the last one");
     let hex = |key: &str| {
         run.guest(key)
             .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
             .unwrap_or_else(|| panic!("no GUEST-{key}\n{context}"))
     };
-    let followed = format!(
-        "guest moved BAR BarIndex(0) from {:#x} to {:#x}",
+    let (first, one, two) = (
         hex("BAR-BEFORE"),
-        hex("BAR-MOVED-TO")
+        hex("BAR-MOVED-TO-1"),
+        hex("BAR-MOVED-TO-2"),
     );
-    assert!(
-        run.viaduct_stderr().iter().any(|l| l.contains(&followed)),
-        "viaduct did not log '{followed}'\n{context}"
-    );
+    let stderr = run.viaduct_stderr();
+    for followed in [
+        format!("guest moved BAR0 from {first:#x} to {one:#x}"),
+        format!("guest moved BAR0 from {one:#x} to {two:#x}"),
+        format!("guest moved BAR0 from {two:#x} to {first:#x} (not decoding)"),
+    ] {
+        assert!(
+            stderr.iter().any(|l| l.contains(&followed)),
+            "viaduct did not log '{followed}'\n{context}"
+        );
+    }
     // After the rescan the driver works through the BAR wherever the kernel put it.
     assert_eq!(
         run.guest("NVME-MARKER"),
@@ -631,4 +661,76 @@ fn guest_moving_a_bar_moves_its_mapping() {
     );
     assert_eq!(disk.token_at(1), write, "{context}");
     assert_eq!(run.guest("NVME-IRQ-MODE"), Some("msix"), "{context}");
+}
+
+/// What a read reaching no device returns.
+const ALL_ONES: &str = "0xFFFFFFFF";
+
+#[test]
+fn a_device_that_cannot_attach_stops_viaduct_and_gives_every_device_back() {
+    // A managed NVMe (bound by viaduct itself), a virtio disk, then QEMU's edu device, whose
+    // 1 MiB 32-bit BAR cannot fit segment 0's 32-bit window (weights 1:100000 leave it 4 KiB).
+    // viaduct must stop within seconds with an error naming the device and its BAR, close every
+    // VFIO fd and give the NVMe back to its nvme driver, where the rig host reads its disk.
+    let test = "a_device_that_cannot_attach_stops_viaduct_and_gives_every_device_back";
+    let mut host = RigHost::new(test);
+    let disk = host.nvme("nva", SLOT_NVME_A, &marker_token());
+    let edu = host.edu(SLOT_EDU);
+    let scenario = l2_nvme_marker(&disk.bdf)
+        + &vfio_bind(&[&edu], &[])
+        + "dd if=/dev/zero of=/tmp/blank.img bs=1M count=8 2>/dev/null\n"
+        + &viaduct_command(&guest_args(
+            "viaduct_action=poweroff",
+            &format!(
+                "--platform num_pci_segments=2 \
+                 --pci-segment pci_segment=0,mmio32_aperture_weight=1 \
+                 --pci-segment pci_segment=1,mmio32_aperture_weight=100000 \
+                 --disk path=/tmp/blank.img --device {},managed=on {}",
+                device_path(&disk.bdf),
+                device_path(&edu)
+            ),
+        ))
+        + &format!(
+            "echo \"RIG-NVME-DRIVER-AFTER=$(basename $(readlink /sys/bus/pci/devices/{bdf}/driver))\"\n\
+             n=0; while ! ls /sys/bus/pci/devices/{bdf}/nvme/nvme*/nvme*n1 >/dev/null 2>&1 && \
+             [ $n -lt 20 ]; do sleep 1; n=$((n+1)); done\n\
+             for ns in /sys/bus/pci/devices/{bdf}/nvme/nvme*/nvme*n1; do \
+             echo \"RIG-L2-NVME-MARKER-AFTER=$(dd if=/dev/${{ns##*/}} bs=512 count=1 2>/dev/null | \
+             tr '\\000' '\\n' | head -n1)\"; done\n",
+            bdf = disk.bdf
+        );
+    let run = host.run(&scenario);
+    let context = run.context();
+    assert_eq!(
+        run.value("RIG-L2-NVME-MARKER"),
+        Some(format!("{},{}", disk.bdf, disk.marker).as_str()),
+        "the rig host could not read its NVMe before the run\n{context}"
+    );
+    assert_refused(&run);
+    let stderr = run.viaduct_stderr().join("\n");
+    assert!(
+        stderr.contains(&edu) && stderr.contains("BAR0") && stderr.contains("32-bit MMIO"),
+        "the error does not name the device, its BAR and the window:\n{stderr}\n{context}"
+    );
+    assert!(
+        stderr.contains(&format!("gave {} back to nvme", disk.bdf)),
+        "viaduct did not give the NVMe back:\n{stderr}\n{context}"
+    );
+    let seconds = run
+        .viaduct_seconds()
+        .unwrap_or_else(|| panic!("no timing\n{context}"));
+    assert!(
+        seconds < 30.0,
+        "viaduct took {seconds} s to give up\n{context}"
+    );
+    assert_eq!(
+        run.value("RIG-NVME-DRIVER-AFTER"),
+        Some("nvme"),
+        "{context}"
+    );
+    assert_eq!(
+        run.value("RIG-L2-NVME-MARKER-AFTER"),
+        Some(disk.marker.as_str()),
+        "the rig host cannot read its NVMe after viaduct gave it back\n{context}"
+    );
 }

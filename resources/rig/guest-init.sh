@@ -16,9 +16,10 @@
 #               viaduct_write=<token> to sector 1 and read it back (GUEST-NVME-WROTE=), read
 #               viaduct_nvme_mib=<N> MiB with O_DIRECT if asked, report the nvme interrupts
 #               (GUEST-NVME-IRQS=<sum>, GUEST-IRQ=<line>, GUEST-NVME-IRQ-MODE=msix|msi|intx)
-#   bar-move    move the NVMe's BAR0 up 1 MiB from inside the guest, read its version register
-#               at the new and the old address (GUEST-BAR-VS-OLD-BEFORE=, GUEST-BAR-VS-NEW=,
-#               GUEST-BAR-VS-OLD-AFTER=), then remove + rescan it; run nvme-io after it
+#   bar-move    move the NVMe's BAR0 around from inside the guest (up 1 MiB, up 2 MiB, decode
+#               off, back to the start, decode on) reading its version register at each place
+#               (GUEST-BAR-VS-*=, see bar_move below), then remove + rescan it; run nvme-io
+#               after it
 #   ivshmem     write viaduct_pattern=<token> through /dev/mem into BAR2 of the ivshmem device
 #               (1af4:1110), near its start and in its last page, and read it back
 #               (GUEST-IVSHMEM-BAR2=<start>,<size>, GUEST-IVSHMEM-READBACK=<offset>:<token>);
@@ -145,12 +146,27 @@ config_write_dword() {
 	printf "$bytes" | dd of="$3" bs=4 seek=$(($1 / 4)) count=1 conv=notrunc 2>/dev/null
 }
 
-# The bar-move step: the guest moves the NVMe's 64-bit BAR0 up by 1 MiB the way an OS
-# reassigning resources does (driver unbound, memory decode kept on, BAR rewritten low dword then
-# high dword) and reads the controller's version register (VS, BAR offset 8) through /dev/mem
-# before and after: after the move it must answer at the new address and nothing may answer at
-# the old one. Then the kernel rediscovers the device (remove + rescan; it assigns the BAR again,
-# back to the first free address), and the nvme-io step after this one must still work.
+# Writes the NVMe's 64-bit BAR0 of config file $2 as an OS reassigning resources does: low
+# dword, then high dword.
+bar0_write() {
+	config_write_dword 16 $(($1 & 0xfffffff0)) "$2"
+	config_write_dword 20 $(($1 >> 32)) "$2"
+}
+
+# The NVMe version register (VS, BAR offset 8) through /dev/mem, with BAR0 at $1.
+nvme_vs() { devmem $(($1 + 8)) 32; }
+
+# The bar-move step: the guest moves the NVMe's 64-bit BAR0 around the way an OS reassigning
+# resources does (driver unbound, BAR rewritten low dword then high dword) and reads the
+# controller's version register (VS) through /dev/mem at each place:
+#   - decode on, up 1 MiB and up 2 MiB: VS answers at the new address, nothing at the old one
+#     (GUEST-BAR-VS-OLD-BEFORE=, GUEST-BAR-VS-AT-<n>=, GUEST-BAR-VS-LEFT-<n>=);
+#   - Memory Space cleared: the BAR reads all-ones where it is (GUEST-BAR-VS-DECODE-OFF=);
+#   - moved back to its first address while decode is off: still all-ones there
+#     (GUEST-BAR-VS-OFF-MOVED=); Memory Space set again: VS answers at the first address and
+#     not at the last one (GUEST-BAR-VS-BACK=, GUEST-BAR-VS-LEFT-BACK=).
+# Then the kernel rediscovers the device (remove + rescan; it assigns the BAR again), and the
+# nvme-io step after this one must still work.
 bar_move() {
 	bdf=$(for dev in /sys/bus/pci/devices/*; do
 		[ "$(cat "$dev/class" 2>/dev/null)" = 0x010802 ] && echo "${dev##*/}"
@@ -160,17 +176,27 @@ bar_move() {
 		return 1
 	fi
 	dev=/sys/bus/pci/devices/$bdf
-	old=$(awk 'NR == 1 { print $1 }' "$dev/resource")
-	new=$((old + 0x100000))
+	first=$(awk 'NR == 1 { print $1 }' "$dev/resource")
 	[ -e "$dev/driver" ] && echo "$bdf" >"$dev/driver/unbind"
 	config_write_dword 4 6 "$dev/config" # command: memory decode + bus master
-	echo "GUEST-BAR-BEFORE=$old"
-	echo "GUEST-BAR-VS-OLD-BEFORE=$(devmem $((old + 8)) 32)"
-	config_write_dword 16 $((new & 0xfffffff0)) "$dev/config"
-	config_write_dword 20 $((new >> 32)) "$dev/config"
-	printf 'GUEST-BAR-MOVED-TO=0x%016x\n' "$new"
-	echo "GUEST-BAR-VS-NEW=$(devmem "$new" 32 >/dev/null; devmem $((new + 8)) 32)"
-	echo "GUEST-BAR-VS-OLD-AFTER=$(devmem $((old + 8)) 32)"
+	echo "GUEST-BAR-BEFORE=$first"
+	echo "GUEST-BAR-VS-OLD-BEFORE=$(nvme_vs "$first")"
+	prev=$first
+	for n in 1 2; do
+		to=$((first + n * 0x100000))
+		bar0_write "$to" "$dev/config"
+		printf 'GUEST-BAR-MOVED-TO-%s=0x%016x\n' "$n" "$to"
+		echo "GUEST-BAR-VS-AT-$n=$(nvme_vs "$to")"
+		echo "GUEST-BAR-VS-LEFT-$n=$(nvme_vs "$prev")"
+		prev=$to
+	done
+	config_write_dword 4 4 "$dev/config" # command: bus master only, memory decode off
+	echo "GUEST-BAR-VS-DECODE-OFF=$(nvme_vs "$prev")"
+	bar0_write "$first" "$dev/config"
+	echo "GUEST-BAR-VS-OFF-MOVED=$(nvme_vs "$first")"
+	config_write_dword 4 6 "$dev/config"
+	echo "GUEST-BAR-VS-BACK=$(nvme_vs "$first")"
+	echo "GUEST-BAR-VS-LEFT-BACK=$(nvme_vs "$prev")"
 	echo 1 >"$dev/remove"
 	echo 1 >/sys/bus/pci/rescan
 	waited=0
@@ -179,6 +205,23 @@ bar_move() {
 		waited=$((waited + 1))
 	done
 	echo "GUEST-BAR-AFTER-RESCAN=$(awk 'NR == 1 { print $1 }' "/sys/bus/pci/devices/$bdf/resource")"
+}
+
+# Waits up to 30 s until block device $1 can be opened and read. Its node appears before the
+# kernel has finished adding the disk (a driver that probes asynchronously, such as nvme after a
+# rescan, races with us here): opening it in between fails with ENXIO ("No such device or
+# address"). Prints GUEST-BLK-OPEN-WAITED=<dev>,<seconds> when it had to wait.
+wait_openable() {
+	waited=0
+	while ! dd if="$1" of=/dev/null bs=4096 count=1 iflag=direct 2>/tmp/open.err; do
+		if [ "$waited" -ge 30 ]; then
+			echo "GUEST-ERROR=cannot read $1 after ${waited}s: $(tr -s ' \n' '__' </tmp/open.err)"
+			return 1
+		fi
+		sleep 1
+		waited=$((waited + 1))
+	done
+	[ "$waited" -eq 0 ] || echo "GUEST-BLK-OPEN-WAITED=${1##*/},$waited"
 }
 
 # The nvme-io step: DMA reads and writes through the (passed-through) NVMe controller.
@@ -201,6 +244,7 @@ nvme_io() {
 		echo "GUEST-ERROR=nvme-io: no /dev/nvme0n1 after ${waited}s (driver: $(readlink "/sys/bus/pci/devices/$nvme_bdf/driver"))"
 		return 1
 	fi
+	wait_openable /dev/nvme0n1 || return 1
 	# O_DIRECT with a 4 KiB block: the data comes from the device by DMA, not from the page cache.
 	echo "GUEST-NVME-MARKER=$(read_token /dev/nvme0n1 'bs=4096 count=1 iflag=direct')"
 	write=$(cmdline_value viaduct_write)
@@ -302,7 +346,7 @@ wait_blk() {
 		sleep 1
 		waited=$((waited + 1))
 	done
-	[ -b "/dev/$1" ] && return 0
+	[ -b "/dev/$1" ] && { wait_openable "/dev/$1"; return; }
 	echo "GUEST-ERROR=disk-io: no /dev/$1 after ${waited}s (virtio disks: $(cd /sys/block && echo vd*))"
 	return 1
 }

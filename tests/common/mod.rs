@@ -285,12 +285,15 @@ impl RigRun {
 pub const NVME_ID: &str = "1b36:0010";
 /// QEMU's ivshmem device.
 pub const IVSHMEM_ID: &str = "1af4:1110";
+/// QEMU's `edu` device (a 1 MiB 32-bit BAR0 and a DMA engine).
+pub const EDU_ID: &str = "1234:11e8";
 /// The rig host's PCI slots (on its root bus, `0000:00:<slot>.0`) for the devices below. They do
 /// not collide with q35's own devices (00.0 host bridge, 1f.x LPC/SATA/SMBus).
 pub const SLOT_NVME_A: u8 = 0x10;
 pub const SLOT_NVME_B: u8 = 0x11;
 pub const SLOT_IVSHMEM: u8 = 0x12;
 pub const SLOT_BRIDGE: u8 = 0x13;
+pub const SLOT_EDU: u8 = 0x14;
 /// Size of the NVMe disk images the tests create.
 pub const NVME_DISK_BYTES: u64 = 64 << 20;
 
@@ -454,6 +457,16 @@ impl RigHost {
         }
     }
 
+    /// Adds QEMU's `edu` device at `0000:00:<slot>.0` (1 MiB 32-bit BAR0; its DMA engine sees
+    /// all 64 address bits) and returns its BDF in the rig host.
+    pub fn edu(&mut self, slot: u8) -> String {
+        self.qemu_args([
+            "-device".to_string(),
+            format!("edu,dma_mask=0xffffffffffffffff,bus=pcie.0,addr={slot:#x}"),
+        ]);
+        host_bdf(slot)
+    }
+
     /// Adds a conventional PCI bridge at `0000:00:<slot>.0` with two NVMe controllers behind
     /// it, `0000:01:01.0` and `0000:01:02.0` (bus 1: it must be the rig host's only bridge).
     /// Devices behind a conventional bridge share one IOMMU group with it: passing one of them
@@ -596,6 +609,18 @@ impl RigRun {
                 }
             })
             .collect()
+    }
+
+    /// How long the (first) viaduct run took on the rig host's clock: from its
+    /// `RIG-VIADUCT-START uptime=` line to its `VIADUCT-EXIT=<n> uptime=` line.
+    pub fn viaduct_seconds(&self) -> Option<f64> {
+        let uptime_on = |marker: &str| {
+            clean_lines(&self.log)
+                .find(|l| l.contains(marker))
+                .and_then(|l| l.split_once("uptime="))
+                .and_then(|(_, v)| v.split_whitespace().next()?.parse::<f64>().ok())
+        };
+        Some(uptime_on("VIADUCT-EXIT=")? - uptime_on("RIG-VIADUCT-START")?)
     }
 
     /// Lines the guest printed (`GUEST-…` outside viaduct's stderr): empty when no guest ran.
@@ -1042,8 +1067,8 @@ mod tests {
         let run = RigRun {
             log: "RIG-VIADUCT-START uptime=1\nGUEST-MARKER=a\n\
                   VIADUCT-STDERR| [INFO] viaduct vCPU exits: mmio=12 pio=3400 hlt=7\n\
-                  VIADUCT-EXIT=0\nRIG-VIADUCT-START uptime=2\n\
-                  VIADUCT-STDERR| error: GUEST-nothing\nVIADUCT-EXIT=1\n"
+                  VIADUCT-EXIT=0 uptime=13.5\nRIG-VIADUCT-START uptime=20.25\n\
+                  VIADUCT-STDERR| error: GUEST-nothing\nVIADUCT-EXIT=1 uptime=21\n"
                 .to_string(),
             log_path: PathBuf::from("x"),
             seconds: 0.0,
@@ -1056,6 +1081,8 @@ mod tests {
         assert_eq!(runs[1].viaduct_exit(), Some(1));
         assert!(runs[1].guest_lines().is_empty());
         assert_eq!(runs[1].vcpu_exits(), None);
+        assert_eq!(runs[0].viaduct_seconds(), Some(12.5));
+        assert_eq!(runs[1].viaduct_seconds(), Some(0.75));
     }
 
     #[test]
