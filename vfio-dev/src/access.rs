@@ -3,8 +3,16 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 
+use vfio_bindings::bindings::vfio::{
+    vfio_device_info, VFIO_BASE, VFIO_DEVICE_FLAGS_RESET, VFIO_TYPE,
+};
 use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ref};
+use vmm_sys_util::ioctl_io_nr;
+
+ioctl_io_nr!(VFIO_DEVICE_GET_INFO, VFIO_TYPE as u32, VFIO_BASE + 7);
+ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE as u32, VFIO_BASE + 11);
 
 /// VFIO PCI region indices (`VFIO_PCI_*_REGION_INDEX`, from vfio-bindings).
 pub mod region {
@@ -76,6 +84,17 @@ pub struct IrqError {
     pub detail: String,
 }
 
+/// What `VFIO_DEVICE_RESET` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetOutcome {
+    /// The kernel reset the function (with the method it picked: FLR, PM, bus reset…).
+    Done,
+    /// The device has no reset method VFIO can use (`VFIO_DEVICE_FLAGS_RESET` is clear).
+    Unsupported,
+    /// The reset ioctl failed with this errno.
+    Failed(i32),
+}
+
 /// The host device, as the passthrough logic uses it.
 pub trait VfioDeviceAccess: Send + Sync {
     /// Information about region `index`, or `None` when the device has no such region.
@@ -95,8 +114,8 @@ pub trait VfioDeviceAccess: Send + Sync {
     fn set_intx_unmask_fd(&self, resample: &EventFd) -> Result<(), IrqError>;
     /// Unmasks INTx now.
     fn unmask_intx(&self) -> Result<(), IrqError>;
-    /// Resets the function if it supports reset.
-    fn reset(&self);
+    /// Resets the function if it supports reset, and says what happened.
+    fn reset(&self) -> ResetOutcome;
     /// The device fd, for mmapping regions.
     fn device_fd(&self) -> RawFd;
 }
@@ -170,8 +189,30 @@ impl VfioDeviceAccess for VfioDevice {
             .map_err(|e| irq_error("INTx unmask", e))
     }
 
-    fn reset(&self) {
-        VfioDevice::reset(self)
+    fn reset(&self) -> ResetOutcome {
+        let mut info = vfio_device_info {
+            argsz: std::mem::size_of::<vfio_device_info>() as u32,
+            ..Default::default()
+        };
+        // SAFETY: `info` is a valid, writable vfio_device_info whose argsz is its size; the
+        // kernel writes at most that much. The fd is a VFIO device.
+        let ret = unsafe { ioctl_with_mut_ref(self, VFIO_DEVICE_GET_INFO(), &mut info) };
+        if ret < 0 {
+            return ResetOutcome::Failed(
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            );
+        }
+        if info.flags & VFIO_DEVICE_FLAGS_RESET == 0 {
+            return ResetOutcome::Unsupported;
+        }
+        // SAFETY: VFIO_DEVICE_RESET takes no argument; the fd is a VFIO device.
+        let ret = unsafe { ioctl(self, VFIO_DEVICE_RESET()) };
+        if ret < 0 {
+            return ResetOutcome::Failed(
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            );
+        }
+        ResetOutcome::Done
     }
 
     fn device_fd(&self) -> RawFd {

@@ -65,6 +65,10 @@ pub struct VfioHost {
     pub(crate) devices_opened: AtomicUsize,
     /// Guest RAM currently DMA-mapped.
     pub(crate) mappings: Mutex<Vec<DmaMapping>>,
+    /// BAR areas currently DMA-mapped for peer-to-peer.
+    pub(crate) peers: Mutex<Vec<DmaMapping>>,
+    /// What the IOMMU reported, once asked.
+    pub(crate) iommu: Mutex<Option<crate::iommu_info::IommuInfo>>,
 }
 
 fn setup_error(what: &str, detail: impl Into<String>) -> VfioError {
@@ -139,6 +143,8 @@ impl VfioHost {
             opened: Mutex::new(HashMap::new()),
             devices_opened: AtomicUsize::new(0),
             mappings: Mutex::new(Vec::new()),
+            peers: Mutex::new(Vec::new()),
+            iommu: Mutex::new(None),
         })
     }
 

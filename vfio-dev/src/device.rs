@@ -18,7 +18,7 @@ use pci::error::PciError;
 use pci::msi::{Msi, MsiFeatures};
 use pci::msix::{Msix, MsixLayout, MsixRegion};
 
-use crate::access::{irq, region, VfioDeviceAccess};
+use crate::access::{irq, region, ResetOutcome, VfioDeviceAccess};
 use crate::bars::{self, HostBar};
 use crate::clique::MAX_CLIQUE_ID;
 use crate::config::VirtualConfig;
@@ -96,26 +96,21 @@ pub struct VfioPciDevice {
     config: VirtualConfig,
     irqs: Interrupts,
     clique_offset: Option<u8>,
+    released: bool,
 }
 
 impl VfioPciDevice {
     /// Resets and inspects the device behind `access`, and wires its interrupts through
-    /// `router`. `intx_gsi` is the GSI (IOAPIC pin) for INTx, `None` to leave INTx unwired;
-    /// `gpudirect_clique` adds the NVIDIA P2P clique capability with that id (0..=15).
+    /// `router`. `intx_gsi` is the GSI (IOAPIC pin) for INTx, `None` to leave INTx unwired.
+    /// The GPUDirect clique capability is added afterwards, once peer-to-peer DMA is known to
+    /// work ([`VfioPciDevice::add_gpudirect_clique`]).
     pub fn new(
         name: String,
         access: Arc<dyn VfioDeviceAccess>,
         router: Arc<dyn InterruptRouter>,
         intx_gsi: Option<Gsi>,
-        gpudirect_clique: Option<u8>,
     ) -> Result<Self, DeviceError> {
-        if let Some(clique) = gpudirect_clique.filter(|&c| c > MAX_CLIQUE_ID) {
-            return Err(DeviceError::CliqueOutOfRange {
-                device: name,
-                clique,
-            });
-        }
-        access.reset();
+        log_reset(&name, access.reset(), "before the guest sees it");
         let image = read_image(&name, &*access)?;
         let bars = bars::discover(&name, &*access).map_err(|reason| DeviceError::Bar {
             device: name.clone(),
@@ -153,30 +148,6 @@ impl VfioPciDevice {
             device: name.clone(),
             reason,
         })?;
-        let clique_offset = match gpudirect_clique {
-            Some(clique) => {
-                if ids.vendor_id != NVIDIA_VENDOR_ID || ids.class.base != DISPLAY_CLASS {
-                    log::warn!(
-                        "{name}: adding the GPUDirect clique capability to a device that is \
-                         not an NVIDIA display controller ({:04x}, class {:02x}); only NVIDIA \
-                         drivers read it",
-                        ids.vendor_id,
-                        ids.class.base
-                    );
-                }
-                let placed = config.add_clique(&image, &caps, clique).ok_or_else(|| {
-                    DeviceError::NoRoomForClique {
-                        device: name.clone(),
-                    }
-                })?;
-                log::info!(
-                    "{name}: GPUDirect clique {clique} capability at {:#x}",
-                    placed.offset
-                );
-                Some(placed.offset)
-            }
-            None => None,
-        };
         let (msix, msi) = (msix.map(|(_, m)| m), msi.map(|(_, m)| m));
         let irqs = Interrupts::new(&name, access.clone(), router, msix, msi, intx_gsi).map_err(
             |reason| DeviceError::Interrupts {
@@ -197,8 +168,55 @@ impl VfioPciDevice {
             bars,
             config,
             irqs,
-            clique_offset,
+            clique_offset: None,
+            released: false,
         })
+    }
+
+    /// Adds the NVIDIA GPUDirect P2P clique capability with id `clique` (0..=15) in free
+    /// standard config space, linked last; returns its offset. Call before the guest sees the
+    /// device, and only when the device's BARs are reachable by its peers' DMA: the capability
+    /// tells the guest driver that peer-to-peer works.
+    pub fn add_gpudirect_clique(&mut self, clique: u8) -> Result<u8, DeviceError> {
+        if clique > MAX_CLIQUE_ID {
+            return Err(DeviceError::CliqueOutOfRange {
+                device: self.name.clone(),
+                clique,
+            });
+        }
+        if let Some(offset) = self.clique_offset {
+            return Ok(offset);
+        }
+        let image = read_image(&self.name, &*self.access)?;
+        let status_reg = u16::from_le_bytes([image[reg::STATUS], image[reg::STATUS + 1]]);
+        let caps: Vec<Capability> = if status_reg & status::CAPABILITIES_LIST != 0 {
+            Capabilities::new(&image).collect()
+        } else {
+            Vec::new()
+        };
+        let ids = device_ids(&image);
+        if ids.vendor_id != NVIDIA_VENDOR_ID || ids.class.base != DISPLAY_CLASS {
+            log::warn!(
+                "{}: adding the GPUDirect clique capability to a device that is not an NVIDIA \
+                 display controller ({:04x}, class {:02x}); only NVIDIA drivers read it",
+                self.name,
+                ids.vendor_id,
+                ids.class.base
+            );
+        }
+        let placed = self
+            .config
+            .add_clique(&image, &caps, clique)
+            .ok_or_else(|| DeviceError::NoRoomForClique {
+                device: self.name.clone(),
+            })?;
+        log::info!(
+            "{}: GPUDirect clique {clique} capability at {:#x}",
+            self.name,
+            placed.offset
+        );
+        self.clique_offset = Some(placed.offset);
+        Ok(placed.offset)
     }
 
     /// The BAR areas the VMM should mmap from [`VfioDeviceAccess::device_fd`] and map into the
@@ -248,6 +266,16 @@ impl VfioPciDevice {
     /// and frees every GSI. Idempotent; also run when the device is dropped.
     pub fn shutdown(&mut self) {
         self.irqs.shutdown();
+    }
+
+    /// The guest is gone: turn everything off ([`VfioPciDevice::shutdown`]) and reset the
+    /// device, so the next VM gets it clean rather than as this guest left it.
+    pub fn release(&mut self) {
+        self.shutdown();
+        if !self.released {
+            self.released = true;
+            log_reset(&self.name, self.access.reset(), "after the guest");
+        }
     }
 
     fn bar(&self, index: BarIndex) -> Option<&HostBar> {
@@ -308,7 +336,7 @@ impl PciDevice for VfioPciDevice {
     }
 
     fn shutdown(&mut self) {
-        VfioPciDevice::shutdown(self);
+        self.release();
     }
 
     fn write_bar(&mut self, index: BarIndex, offset: u64, data: &[u8]) {
@@ -324,6 +352,32 @@ impl PciDevice for VfioPciDevice {
             Some(MsixRegion::Pba(_)) => {}
             None => self.access.region_write(region_index, offset, data),
         }
+    }
+}
+
+/// The BARs (and ROM) of the device behind `access`, sized through its config region without
+/// building the guest's view of it: what the VMM needs to lay out the PCI windows before the
+/// devices are attached.
+pub fn probe_bars(name: &str, access: &dyn VfioDeviceAccess) -> Result<Vec<BarSpec>, DeviceError> {
+    let bars = bars::discover(name, access).map_err(|reason| DeviceError::Bar {
+        device: name.to_string(),
+        reason,
+    })?;
+    Ok(bars.into_iter().map(|b| b.spec).collect())
+}
+
+/// Logs what a reset did (`when`: before the guest, after it).
+fn log_reset(name: &str, outcome: ResetOutcome, when: &str) {
+    match outcome {
+        ResetOutcome::Done => log::info!("{name}: reset {when} (VFIO_DEVICE_RESET)"),
+        ResetOutcome::Unsupported => log::warn!(
+            "{name}: cannot be reset {when}: it has no reset method VFIO can use (no FLR, PM or \
+             bus reset); it keeps whatever state it has"
+        ),
+        ResetOutcome::Failed(errno) => log::warn!(
+            "{name}: reset {when} failed: {}",
+            std::io::Error::from_raw_os_error(errno)
+        ),
     }
 }
 

@@ -39,13 +39,16 @@ fn config_writes(calls: &[Call]) -> Vec<(u64, Vec<u8>)> {
 }
 
 fn try_open(builder: FakeBuilder, clique: Option<u8>) -> Result<VfioPciDevice, DeviceError> {
-    VfioPciDevice::new(
+    let mut dev = VfioPciDevice::new(
         "vfio test".into(),
         Arc::new(builder.build()),
         Arc::new(FakeRouter::default()),
         None,
-        clique,
-    )
+    )?;
+    if let Some(clique) = clique {
+        dev.add_gpudirect_clique(clique)?;
+    }
+    Ok(dev)
 }
 
 #[test]

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use crate::container::VfioHost;
 use crate::error::{describe_errno, human, VfioError};
-use crate::iommu_info::query_iommu_info;
 pub use crate::iommu_info::{parse_iommu_info, IommuInfo, IovaRange};
 
 /// Locked memory allowed beyond guest RAM, for whatever else of the process is locked.
@@ -253,15 +252,11 @@ impl VfioHost {
         if self.devices_opened.load(Ordering::SeqCst) == 0 {
             return Err(VfioError::NoDevice);
         }
-        match query_iommu_info(&*self.container) {
-            Ok(info) => {
-                if let Some(r) = &info.iova_ranges {
-                    log::debug!("VFIO: host IOMMU IOVA ranges: {}", format_ranges(r));
-                }
-                check_regions(regions, &info)?;
-            }
-            Err(e) => log::debug!("VFIO: VFIO_IOMMU_GET_INFO failed ({e}); IOVAs not checked"),
+        let info = self.iommu_info();
+        if let Some(r) = &info.iova_ranges {
+            log::info!("VFIO: host IOMMU IOVA ranges: {}", format_ranges(r));
         }
+        check_regions(regions, &info)?;
 
         let mut mappings = self.mappings.lock().unwrap();
         let already: u64 = mappings.iter().map(|m| m.size).sum();

@@ -151,8 +151,9 @@ impl VfioDeviceAccess for FakeVfioDevice {
         Ok(())
     }
 
-    fn reset(&self) {
+    fn reset(&self) -> crate::access::ResetOutcome {
         self.lock().calls.push(Call::Reset);
+        crate::access::ResetOutcome::Done
     }
 
     fn device_fd(&self) -> RawFd {
@@ -444,13 +445,15 @@ pub(crate) fn open(
 ) {
     let fake = std::sync::Arc::new(builder.build());
     let router = std::sync::Arc::new(FakeRouter::default());
-    let dev = crate::device::VfioPciDevice::new(
+    let mut dev = crate::device::VfioPciDevice::new(
         "vfio test".into(),
         fake.clone(),
         router.clone(),
         Some(Gsi(5)),
-        clique,
     )
     .unwrap();
+    if let Some(clique) = clique {
+        dev.add_gpudirect_clique(clique).unwrap();
+    }
     (fake, router, dev)
 }

@@ -21,6 +21,7 @@ mod fake;
 pub mod host;
 mod interrupts;
 pub mod iommu_info;
+pub mod peer;
 pub mod routing;
 pub mod sparse;
 pub mod sysfs;
