@@ -76,13 +76,20 @@ pub struct Cli {
     #[arg(long, value_name = "off|null", default_value = DEFAULT_CONSOLE)]
     pub console: String,
 
-    /// Platform: `num_pci_segments=N`, the number of PCI segments (PCI domains, each a root bus
-    /// with its own ECAM window), with N from 1 to 96.
+    /// Platform: `num_pci_segments=N,vfio_p2p_dma=on|off`.
     ///
-    /// Segments are numbered from 0; `--pci-segment` divides the MMIO apertures among them. The
-    /// other cloud-hypervisor `--platform` keys (iommu_segments, iommufd, vfio_p2p_dma, SMBIOS
-    /// strings, ...) are not supported.
-    #[arg(long, value_name = "num_pci_segments=N", default_value = DEFAULT_PLATFORM)]
+    /// `num_pci_segments` is the number of PCI segments (PCI domains, each a root bus with its
+    /// own ECAM window), from 1 to 96; they are numbered from 0 and `--pci-segment` divides the
+    /// MMIO apertures among them. `vfio_p2p_dma` (default on) DMA-maps every passed-through
+    /// device's BARs into the VFIO container at their guest addresses, so devices can DMA to
+    /// each other (GPUDirect P2P, NCCL), and keeps the 64-bit windows inside the host IOMMU's
+    /// reach; `x_nv_gpudirect_clique` needs it. The other cloud-hypervisor `--platform` keys
+    /// (iommu_segments, iommufd, SMBIOS strings, ...) are not supported.
+    #[arg(
+        long,
+        value_name = "num_pci_segments=N,vfio_p2p_dma=on|off",
+        default_value = DEFAULT_PLATFORM
+    )]
     pub platform: String,
 
     /// How a PCI segment shares the MMIO apertures, one value per segment:

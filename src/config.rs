@@ -53,12 +53,11 @@ const MEMORY: OptionSpec = OptionSpec::new(&["size"])
     .default_key("size");
 
 /// `--platform` keys.
-const PLATFORM: OptionSpec = OptionSpec::new(&["num_pci_segments"]).unsupported(&[
+const PLATFORM: OptionSpec = OptionSpec::new(&["num_pci_segments", "vfio_p2p_dma"]).unsupported(&[
     "iommu_segments",
     "iommu_address_width",
     "iommufd",
     "iommufd_fd",
-    "vfio_p2p_dma",
     "serial_number",
     "uuid",
     "oem_strings",
@@ -258,6 +257,12 @@ pub enum InvalidValue {
          \"{0}\": the clique id is a 4-bit field of the NVIDIA GPUDirect P2P capability"
     )]
     GpudirectClique(String),
+    /// `x_nv_gpudirect_clique` with `--platform vfio_p2p_dma=off`.
+    #[error(
+        "x_nv_gpudirect_clique tells the guest driver that peer-to-peer DMA between the devices \
+         works, but --platform vfio_p2p_dma=off turns peer-to-peer DMA off; remove one of the two"
+    )]
+    CliqueNeedsPeerToPeer,
     /// `id=` with nothing after it.
     #[error("id= must not be empty; leave id out to name the device after its sysfs directory")]
     DeviceIdEmpty,
@@ -356,6 +361,20 @@ pub fn build(cli: &Cli) -> Result<VmConfig, ConfigError> {
     let pci = parse_pci(&cli.platform, &cli.pci_segments)?;
     // After --platform, whichever came first on the command line: pci_segment needs the count.
     let devices = parse_devices(&cli.devices, pci.segments.len())?;
+    if !pci.vfio_p2p_dma {
+        if let Some((value, _)) = cli
+            .devices
+            .iter()
+            .zip(&devices)
+            .find(|(_, d)| d.gpudirect_clique.is_some())
+        {
+            return Err(ConfigError::invalid(
+                "--device",
+                value,
+                InvalidValue::CliqueNeedsPeerToPeer,
+            ));
+        }
+    }
     let disks = crate::disk::parse_disks(&cli.disks, pci.segments.len())?;
     Ok(VmConfig {
         kernel: kernel.to_path_buf(),
@@ -495,18 +514,37 @@ pub fn parse_console(value: &str) -> Result<ConsoleMode, ConfigError> {
     }
 }
 
-/// Parses `--platform num_pci_segments=N` into the number of PCI segments.
-pub fn parse_platform(value: &str) -> Result<u16, ConfigError> {
+/// What `--platform` sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlatformValue {
+    /// `num_pci_segments` (default 1).
+    pub num_pci_segments: u16,
+    /// `vfio_p2p_dma` (default on).
+    pub vfio_p2p_dma: bool,
+}
+
+/// Parses `--platform num_pci_segments=N,vfio_p2p_dma=on|off`.
+pub fn parse_platform(value: &str) -> Result<PlatformValue, ConfigError> {
     let invalid = |reason: InvalidValue| ConfigError::invalid("--platform", value, reason);
     let options = PLATFORM.parse(value).map_err(|e| invalid(e.into()))?;
+    let vfio_p2p_dma = options
+        .get_toggle("vfio_p2p_dma")
+        .map_err(|e| invalid(e.into()))?
+        .unwrap_or(true);
     let Some(count) = options
         .get_int::<u64>("num_pci_segments")
         .map_err(|e| invalid(e.into()))?
     else {
-        return Ok(DEFAULT_NUM_PCI_SEGMENTS);
+        return Ok(PlatformValue {
+            num_pci_segments: DEFAULT_NUM_PCI_SEGMENTS,
+            vfio_p2p_dma,
+        });
     };
     match u16::try_from(count) {
-        Ok(n) if (1..=MAX_PCI_SEGMENTS).contains(&n) => Ok(n),
+        Ok(n) if (1..=MAX_PCI_SEGMENTS).contains(&n) => Ok(PlatformValue {
+            num_pci_segments: n,
+            vfio_p2p_dma,
+        }),
         _ => Err(invalid(InvalidValue::PciSegmentCount(count))),
     }
 }
@@ -551,7 +589,10 @@ pub fn parse_pci_segment(value: &str) -> Result<PciSegmentValue, ConfigError> {
 /// order, whichever flag came first): one entry per segment, weights 1 unless a `--pci-segment`
 /// sets them; each segment may be configured once and must exist.
 pub fn parse_pci(platform: &str, pci_segments: &[String]) -> Result<PciConfig, ConfigError> {
-    let count = parse_platform(platform)?;
+    let PlatformValue {
+        num_pci_segments: count,
+        vfio_p2p_dma,
+    } = parse_platform(platform)?;
     let mut segments = vec![PciSegmentConfig::default(); usize::from(count)];
     // The value that configured each segment so far, and whether it named the segment.
     let mut seen: Vec<Option<(&str, bool)>> = vec![None; usize::from(count)];
@@ -569,7 +610,10 @@ pub fn parse_pci(platform: &str, pci_segments: &[String]) -> Result<PciConfig, C
         seen[index] = Some((value, parsed.explicit));
         segments[index] = parsed.config;
     }
-    Ok(PciConfig { segments })
+    Ok(PciConfig {
+        segments,
+        vfio_p2p_dma,
+    })
 }
 
 /// One `--device` value, checked on its own; [`parse_devices`] checks it against the others and
@@ -876,9 +920,12 @@ mod tests {
         assert_eq!(
             config,
             PciConfig {
-                segments: vec![weights(2, 2), weights(1, 1)]
+                segments: vec![weights(2, 2), weights(1, 1)],
+                vfio_p2p_dma: true,
             }
         );
+        assert!(!pci("vfio_p2p_dma=off", &[]).unwrap().vfio_p2p_dma);
+        assert!(pci("vfio_p2p_dma=on", &[]).unwrap().vfio_p2p_dma);
     }
 
     #[test]
@@ -939,7 +986,7 @@ mod tests {
             ),
             (
                 "foo=1",
-                "--platform foo=1: unknown key \"foo\" (supported keys: num_pci_segments)",
+                "--platform foo=1: unknown key \"foo\" (supported keys: num_pci_segments, vfio_p2p_dma)",
             ),
             (
                 "num_pci_segments=2,num_pci_segments=3",
@@ -956,7 +1003,6 @@ mod tests {
             "iommu_address_width=48",
             "iommufd=on",
             "iommufd_fd=3",
-            "vfio_p2p_dma=off",
             "serial_number=x",
             "uuid=x",
             "oem_strings=[a]",
@@ -969,7 +1015,7 @@ mod tests {
             assert!(
                 e.ends_with(
                     "is a cloud-hypervisor option that viaduct does not support (supported keys: \
-                     num_pci_segments)"
+                     num_pci_segments, vfio_p2p_dma)"
                 ),
                 "{e}"
             );

@@ -200,14 +200,47 @@ fn platform_unknown_and_unsupported_keys() {
     assert!(err.contains("unknown key \"foo\""), "{err}");
     assert!(err.contains("supported keys: num_pci_segments"), "{err}");
     let err = assert_rejected(
-        &with_kernel(&s, &["--platform", "num_pci_segments=2,vfio_p2p_dma=off"]),
+        &with_kernel(&s, &["--platform", "num_pci_segments=2,iommufd=on"]),
         "--platform",
-        "num_pci_segments=2,vfio_p2p_dma=off",
+        "num_pci_segments=2,iommufd=on",
     );
     assert!(
-        err.contains("\"vfio_p2p_dma\" is a cloud-hypervisor option"),
+        err.contains("\"iommufd\" is a cloud-hypervisor option"),
         "{err}"
     );
+    let err = assert_rejected(
+        &with_kernel(&s, &["--platform", "vfio_p2p_dma=maybe"]),
+        "--platform",
+        "vfio_p2p_dma=maybe",
+    );
+    assert!(err.contains("vfio_p2p_dma"), "{err}");
+    assert_reaches_vmm(&with_kernel(
+        &s,
+        &["--platform", "num_pci_segments=2,vfio_p2p_dma=off"],
+    ));
+}
+
+#[test]
+fn clique_without_peer_to_peer_is_refused() {
+    let s = Scratch::new();
+    let dev = s.device_dir("0000:01:00.0");
+    let value = format!("path={dev},x_nv_gpudirect_clique=0");
+    let err = assert_rejected(
+        &with_kernel(&s, &["--platform", "vfio_p2p_dma=off", "--device", &value]),
+        "--device",
+        &value,
+    );
+    assert!(
+        err.contains("x_nv_gpudirect_clique tells the guest driver")
+            && err.contains("vfio_p2p_dma=off")
+            && err.contains("remove one of the two"),
+        "{err}"
+    );
+    // The same device without the clique, or with P2P on, gets through the checks.
+    assert_reaches_vmm_with_devices(&with_kernel(
+        &s,
+        &["--platform", "vfio_p2p_dma=on", "--device", &value],
+    ));
 }
 
 #[test]

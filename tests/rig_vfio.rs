@@ -116,6 +116,14 @@ fn nvme_passthrough_reads_marker_writes_data_and_uses_msix() {
         "nvme interrupts that are not MSI: {lines:?}\n{context}"
     );
     assert_eq!(run.guest("NVME-IRQ-MODE"), Some("msix"), "{context}");
+    // The device was reset before the guest got it and after it was done with it.
+    let stderr = run.viaduct_stderr().join("\n");
+    for when in ["before the guest sees it", "after the guest"] {
+        assert!(
+            stderr.contains(&format!("{}: reset {when} (VFIO_DEVICE_RESET)", disk.bdf)),
+            "no reset {when}\n{context}"
+        );
+    }
 }
 
 #[test]

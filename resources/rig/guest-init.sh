@@ -24,6 +24,8 @@
 #               (1af4:1110), near its start and in its last page, and read it back
 #               (GUEST-IVSHMEM-BAR2=<start>,<size>, GUEST-IVSHMEM-READBACK=<offset>:<token>);
 #               viaduct_ivshmem_touch=<N> adds N reads spread over the BAR (GUEST-IVSHMEM-TOUCHED=)
+#   p2p         QEMU's edu device DMAs from the ivshmem device's BAR2 into its buffer and back
+#               to another offset of that BAR (device-to-device DMA; see p2p below)
 #   pci-report  nothing more than the PCI report every boot prints
 #   disk-io     virtio block devices (see docs/rig.md, "Disk tests"): writes viaduct_write=<token>
 #               to the first and last sector of viaduct_disk_rw=<vdX> with O_DIRECT and reads it
@@ -331,6 +333,70 @@ ivshmem() {
 	fi
 }
 
+# Runs one DMA of QEMU's edu device with BAR0 at $1: $4 bytes from bus address $2 to bus address
+# $3, command $5 (1: bus -> edu's buffer, 3: edu's buffer -> bus). Waits up to 10 s for the
+# engine (it starts 100 ms after the command, on the device's clock); fails if it never ends.
+edu_dma() {
+	devmem $(($1 + 0x80)) 64 "$2"
+	devmem $(($1 + 0x88)) 64 "$3"
+	devmem $(($1 + 0x90)) 64 "$4"
+	devmem $(($1 + 0x98)) 64 "$5"
+	n=0
+	while [ $(($(devmem $(($1 + 0x98)) 64) & 1)) -ne 0 ]; do
+		[ "$n" -lt 100 ] || return 1
+		sleep 0.1
+		n=$((n + 1))
+	done
+}
+
+# The p2p step: device-to-device DMA between two passed-through devices. QEMU's edu device
+# (1234:11e8) copies viaduct_p2p_len=<N> bytes (default 32) from offset 0x2000 of the ivshmem
+# device's BAR2 (1af4:1110) into its own buffer, then from the buffer to offset
+# viaduct_p2p_dst=<offset> of the same BAR: both DMAs target the other device's BAR, which only
+# works if the VMM DMA-mapped that BAR in the IOMMU at its guest address. With viaduct_p2p_move=1
+# the guest first moves BAR2 up by its size (the VMM must move the mapping too). Prints
+# GUEST-P2P-EDU-BAR0=, GUEST-P2P-SHM-BAR2=<start>,<size>, GUEST-P2P-SHM-MOVED-TO=,
+# GUEST-P2P-DMA=done|timeout and GUEST-P2P-READBACK=<hex bytes at the destination, CPU view>.
+p2p() {
+	edu=$(pci_find 1234:11e8 | head -n1)
+	shm=$(pci_find 1af4:1110 | head -n1)
+	if [ -z "$edu" ] || [ -z "$shm" ]; then
+		echo "GUEST-ERROR=p2p: needs an edu (1234:11e8) and an ivshmem (1af4:1110) device, found '$edu' '$shm'"
+		return 1
+	fi
+	len=$(cmdline_value viaduct_p2p_len)
+	len=${len:-32}
+	dst_off=$(cmdline_value viaduct_p2p_dst)
+	dst_off=${dst_off:-0x3000}
+	edu_bar=$(($(awk 'NR == 1 { print $1 }' "/sys/bus/pci/devices/$edu/resource")))
+	# shellcheck disable=SC2046 # three words: start end flags
+	set -- $(sed -n 3p "/sys/bus/pci/devices/$shm/resource")
+	shm_bar=$(($1)) shm_size=$(($2 - $1 + 1))
+	printf 'GUEST-P2P-EDU-BAR0=0x%x\n' "$edu_bar"
+	printf 'GUEST-P2P-SHM-BAR2=0x%x,0x%x\n' "$shm_bar" "$shm_size"
+	# Memory decode for both, bus mastering for edu (the DMA engine).
+	config_write_dword 4 6 "/sys/bus/pci/devices/$edu/config"
+	config_write_dword 4 2 "/sys/bus/pci/devices/$shm/config"
+	if [ "$(cmdline_value viaduct_p2p_move)" = 1 ]; then
+		shm_bar=$((shm_bar + shm_size))
+		config_write_dword 24 $((shm_bar & 0xfffffff0)) "/sys/bus/pci/devices/$shm/config"
+		config_write_dword 28 $((shm_bar >> 32)) "/sys/bus/pci/devices/$shm/config"
+		printf 'GUEST-P2P-SHM-MOVED-TO=0x%x\n' "$shm_bar"
+	fi
+	if edu_dma "$edu_bar" $((shm_bar + 0x2000)) 0x40000 "$len" 1 &&
+		edu_dma "$edu_bar" 0x40000 $((shm_bar + dst_off)) "$len" 3; then
+		echo "GUEST-P2P-DMA=done"
+	else
+		echo "GUEST-P2P-DMA=timeout"
+	fi
+	hex='' i=0
+	while [ "$i" -lt "$len" ]; do
+		hex=$hex$(printf '%02x' "$(devmem $((shm_bar + dst_off + i)) 8)")
+		i=$((i + 1))
+	done
+	echo "GUEST-P2P-READBACK=$hex"
+}
+
 # GUEST-BLK=<name>,<sectors>,<ro>,<serial> for each virtio block device.
 blk_report() {
 	for dev in /sys/block/vd*; do
@@ -425,6 +491,7 @@ for step in $(echo "$action" | tr ',' ' '); do
 	nvme-io) nvme_io ;;
 	bar-move) bar_move ;;
 	ivshmem) ivshmem ;;
+	p2p) p2p ;;
 	disk-io) disk_io ;;
 	pci-report) ;;
 	poweroff | reboot | panic | hold) final=$step ;;

@@ -110,12 +110,17 @@ impl Default for PciSegmentConfig {
 pub struct PciConfig {
     /// Per-segment settings; `segments.len()` is `num_pci_segments` (1..=`MAX_PCI_SEGMENTS`).
     pub segments: Vec<PciSegmentConfig>,
+    /// `--platform vfio_p2p_dma=on|off` (default on): DMA-map every passthrough BAR into the
+    /// VFIO container at its guest address, so devices can reach each other's BARs, and lay the
+    /// 64-bit windows out inside the host IOMMU's reach.
+    pub vfio_p2p_dma: bool,
 }
 
 impl Default for PciConfig {
     fn default() -> Self {
         Self {
             segments: vec![PciSegmentConfig::default()],
+            vfio_p2p_dma: true,
         }
     }
 }

@@ -17,6 +17,15 @@ use crate::device_manager::{
 };
 use crate::memory::GuestMemoryMmap;
 
+/// The BAR every disk needs (for the layout, before the disks exist).
+pub fn bar_spec() -> pci::bar::BarSpec {
+    pci::bar::BarSpec::new(
+        devices::virtio::pci::layout::VIRTIO_BAR,
+        devices::virtio::pci::layout::BAR_SIZE,
+        BarKind::Mem64,
+    )
+}
+
 /// Attaches the disk of `cfg`, DMA into `mem`, interrupts through `router`.
 pub fn attach(
     manager: &DeviceManager,
@@ -53,6 +62,7 @@ pub fn attach(
             device: Arc::new(Mutex::new(device)),
             direct: Vec::new(),
             doorbells,
+            peer_dma: None,
         })
     })?;
     info!(

@@ -219,39 +219,72 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     arch::cpuid::set_phys_bits(base_cpuid.as_mut_slice(), phys_bits);
     info!("guest physical address width: {phys_bits} bits (host reports {host_phys_bits})");
 
+    let router: Arc<dyn vfio_dev::routing::InterruptRouter> =
+        Arc::new(interrupts::GsiRouter::new(vm.clone()));
+    // Passthrough devices are opened before the PCI windows are laid out: the host IOMMU's
+    // reach (known once the container has a device) decides where the 64-bit windows go.
+    let passthrough =
+        passthrough::Passthrough::new(vm.clone(), &mem, router.clone(), config.pci.vfio_p2p_dma);
+    let opened = config
+        .devices
+        .iter()
+        .map(|d| passthrough.open(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut demand: Vec<_> = opened.iter().flat_map(|o| o.demand()).collect();
+    demand.extend(
+        config
+            .disks
+            .iter()
+            .map(|d| (d.pci_segment, disks::bar_spec())),
+    );
+    let ram_end = arch::memory::ram_end(config.memory_bytes);
+    let iova_ranges = passthrough.iova_ranges();
     let plan = topology::plan_segments(
         &config.pci,
-        arch::memory::ram_end(config.memory_bytes),
+        ram_end,
         phys_bits,
+        iova_ranges.as_deref(),
+        &demand,
     )?;
+    match plan.reach {
+        topology::Reach::Inside => {
+            info!("PCI layout: every 64-bit window is inside the host IOMMU's reach (peer-to-peer)")
+        }
+        topology::Reach::Beyond { limit } => warn!(
+            "peer-to-peer DMA: the 64-bit BARs of the passed-through devices do not fit below \
+             {limit:#x}, the last address the host IOMMU translates, so the 64-bit windows go \
+             beyond it and BARs placed there get no peer-to-peer mapping (each is named below). \
+             For peer-to-peer use a host IOMMU with more address bits, fewer or smaller devices \
+             per segment, or larger mmio64_aperture_weight for the busy segments"
+        ),
+        topology::Reach::Unknown => {}
+    }
     let guest: Arc<dyn GuestMappings> = vm.clone();
     let manager = DeviceManager::new(
-        &plan,
+        &plan.segments,
         guest,
         mmio.clone(),
         pio.clone(),
         mem.num_regions() as u32,
     )?;
-    let router: Arc<dyn vfio_dev::routing::InterruptRouter> =
-        Arc::new(interrupts::GsiRouter::new(vm.clone()));
     let pci_devices = PciDevices {
-        passthrough: passthrough::Passthrough::new(vm.clone(), &mem, router.clone()),
+        passthrough,
         manager,
     };
     let dma_mem = Arc::new(mem.clone());
     for disk in &config.disks {
         disks::attach(&pci_devices.manager, disk, &dma_mem, &router)?;
     }
-    for device in &config.devices {
+    for device in opened {
         pci_devices
             .passthrough
-            .attach(&pci_devices.manager, device)?;
+            .attach_opened(&pci_devices.manager, device)?;
     }
 
     let mut acpi = arch::acpi::AcpiConfig::new(config.boot_vcpus);
     acpi.serial = config.serial != config::SerialMode::Off;
     acpi.pvpanic = true;
-    let roots: Vec<_> = plan.iter().map(|s| s.acpi_root()).collect();
+    let roots: Vec<_> = plan.segments.iter().map(|s| s.acpi_root()).collect();
     acpi.add_pci_roots(&roots);
     let rsdp = arch::acpi::create_acpi_tables(&mem, &acpi)?;
 

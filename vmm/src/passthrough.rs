@@ -2,11 +2,18 @@
 //! device; guest RAM DMA-mapped into it once; and each host device opened into it and attached
 //! through the device manager, which gives it its slot (and so its INTx GSI) before it is built.
 //! What is VFIO's own here is only that: the container, the RAM mapping, building a
-//! [`VfioPciDevice`] and mmapping the BAR areas the manager maps into the guest.
+//! [`VfioPciDevice`], mmapping the BAR areas the manager maps into the guest, and — with
+//! `--platform vfio_p2p_dma=on` — handing the container to the manager so those areas are
+//! DMA-mapped at their guest addresses for peer-to-peer, and the GPUDirect clique capability
+//! added once that is known to work.
+//!
+//! Cold-plugged devices are opened ([`Passthrough::open`]) before the PCI windows are laid out,
+//! so the layout can keep the 64-bit windows inside the host IOMMU's reach
+//! ([`Passthrough::iova_ranges`]); then they are attached ([`Passthrough::attach_opened`]).
 //!
 //! Teardown order (see `vfio_dev::container`): the device manager detaches the devices first
-//! (memory slots, mmaps, interrupts, device fds), then [`Passthrough::release`] unmaps guest RAM
-//! and drops the container.
+//! (peer mappings, memory slots, mmaps, interrupts, a reset, device fds), then
+//! [`Passthrough::release`] unmaps guest RAM and drops the container.
 
 use std::sync::{Arc, Mutex};
 
@@ -14,18 +21,20 @@ use kvm_ioctls::VmFd;
 use log::{info, warn};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
+use pci::bar::BarSpec;
 use pci::config_space::reg;
 use vfio_dev::access::{region, VfioDeviceAccess};
-use vfio_dev::container::VfioHost;
+use vfio_dev::container::{OpenedDevice, VfioHost};
 use vfio_dev::device::VfioPciDevice;
 use vfio_dev::dma::GuestRamRegion;
+use vfio_dev::iommu_info::IovaRange;
 use vfio_dev::routing::InterruptRouter;
 
 use crate::config::PassthroughDeviceConfig;
 use crate::device_manager::guest_map::HostMapping;
 use crate::device_manager::{
-    AttachError, AttachedInfo, BuildError, DeviceManager, DirectArea, PciFunction, Placement,
-    PAGE_SIZE,
+    AttachError, AttachedInfo, BuildError, DeviceManager, DirectArea, PciFunction, PeerDma,
+    Placement, PAGE_SIZE,
 };
 use crate::memory::GuestMemoryMmap;
 
@@ -34,14 +43,36 @@ pub struct Passthrough {
     vm: Arc<VmFd>,
     router: Arc<dyn InterruptRouter>,
     ram: Vec<GuestRamRegion>,
+    peer_to_peer: bool,
     state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
-    host: Option<VfioHost>,
+    host: Option<Arc<VfioHost>>,
     ram_mapped: bool,
     attached: Vec<String>,
+}
+
+/// A host device opened into the container and not attached yet.
+pub struct OpenedPassthrough {
+    cfg: PassthroughDeviceConfig,
+    device: OpenedDevice,
+    bars: Vec<BarSpec>,
+}
+
+impl OpenedPassthrough {
+    /// The device's segment and BARs, for the layout.
+    pub fn demand(&self) -> impl Iterator<Item = (u16, BarSpec)> + '_ {
+        self.bars.iter().map(|b| (self.cfg.pci_segment, *b))
+    }
+
+    fn id(&self) -> String {
+        self.cfg
+            .id
+            .clone()
+            .unwrap_or_else(|| self.device.name.clone())
+    }
 }
 
 fn build_error(device: &str, source: impl Into<BuildError>) -> AttachError {
@@ -53,8 +84,13 @@ fn build_error(device: &str, source: impl Into<BuildError>) -> AttachError {
 
 impl Passthrough {
     /// No container yet: it is created with the first device, so a VM without `--device`
-    /// needs no VFIO at all.
-    pub fn new(vm: Arc<VmFd>, mem: &GuestMemoryMmap, router: Arc<dyn InterruptRouter>) -> Self {
+    /// needs no VFIO at all. `peer_to_peer` is `--platform vfio_p2p_dma`.
+    pub fn new(
+        vm: Arc<VmFd>,
+        mem: &GuestMemoryMmap,
+        router: Arc<dyn InterruptRouter>,
+        peer_to_peer: bool,
+    ) -> Self {
         let ram = mem
             .iter()
             .map(|r| GuestRamRegion {
@@ -67,6 +103,7 @@ impl Passthrough {
             vm,
             router,
             ram,
+            peer_to_peer,
             state: Mutex::new(State::default()),
         }
     }
@@ -75,22 +112,23 @@ impl Passthrough {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Opens the host device of `cfg` into the container and attaches it through `manager`.
-    pub fn attach(
-        &self,
-        manager: &DeviceManager,
-        cfg: &PassthroughDeviceConfig,
-    ) -> Result<AttachedInfo, AttachError> {
+    /// Opens the host device of `cfg` into the container (creating it, and DMA-mapping guest
+    /// RAM, with the first device) and sizes its BARs.
+    pub fn open(&self, cfg: &PassthroughDeviceConfig) -> Result<OpenedPassthrough, AttachError> {
         let path = cfg.path.display().to_string();
         let mut state = self.state();
         if state.host.is_none() {
-            state.host = Some(VfioHost::new(&self.vm).map_err(|e| build_error(&path, e))?);
+            let host = VfioHost::new(&self.vm).map_err(|e| build_error(&path, e))?;
+            state.host = Some(Arc::new(host));
         }
-        let host = state.host.as_ref().expect("the container was just created");
-        let opened = host
+        let host = state.host.clone().expect("the container was just created");
+        let device = host
             .open_device(&cfg.path)
             .map_err(|e| build_error(&path, e))?;
-        let id = cfg.id.clone().unwrap_or_else(|| opened.name.clone());
+        let id = cfg.id.clone().unwrap_or_else(|| device.name.clone());
+        if let Ok(methods) = std::fs::read_to_string(device.path.join("reset_method")) {
+            info!("{id}: the kernel resets it with: {}", methods.trim());
+        }
         if !state.ram_mapped {
             // SAFETY: the regions are the VM's guest RAM; it stays mapped until after the VM
             // and this container are gone (`release` unmaps it first), and the VMM touches it
@@ -105,12 +143,77 @@ impl Passthrough {
                 stats.per_gib().as_secs_f64() * 1000.0
             );
         }
-        let access: Arc<dyn VfioDeviceAccess> = opened.device.clone();
+        let bars = vfio_dev::device::probe_bars(&id, device.device.as_ref())
+            .map_err(|e| build_error(&id, e))?;
+        Ok(OpenedPassthrough {
+            cfg: cfg.clone(),
+            device,
+            bars,
+        })
+    }
+
+    /// The IOVA ranges the container's IOMMU translates, when peer-to-peer is on and a device
+    /// is open (the layout keeps the 64-bit windows inside them).
+    pub fn iova_ranges(&self) -> Option<Vec<IovaRange>> {
+        if !self.peer_to_peer {
+            return None;
+        }
+        let host = self.state().host.clone()?;
+        host.iommu_info().iova_ranges
+    }
+
+    /// Attaches a device [`Passthrough::open`] opened.
+    pub fn attach_opened(
+        &self,
+        manager: &DeviceManager,
+        opened: OpenedPassthrough,
+    ) -> Result<AttachedInfo, AttachError> {
+        let id = opened.id();
+        let host = self
+            .state()
+            .host
+            .clone()
+            .expect("a device was opened, so the container exists");
+        let peer_dma = self.peer_to_peer.then(|| host.clone() as Arc<dyn PeerDma>);
+        let access: Arc<dyn VfioDeviceAccess> = opened.device.device.clone();
         let router = self.router.clone();
-        let info = manager.attach(&id, cfg.pci_segment, |placement| {
-            build_device(&id, access, router, placement, cfg.gpudirect_clique)
+        let mut built: Option<Arc<Mutex<VfioPciDevice>>> = None;
+        let info = manager.attach(&id, opened.cfg.pci_segment, |placement| {
+            let f = build_device(&id, access, router, placement, peer_dma)?;
+            built = Some(f.1);
+            Ok(f.0)
         })?;
-        state.attached.push(id);
+        let device = built.expect("attach succeeded, so the device was built");
+        match &info.peer_dma {
+            Some(Ok(())) => info!("{id}: its BARs are DMA-mapped for peer-to-peer"),
+            Some(Err(e)) => warn!(
+                "{id}: no peer-to-peer DMA to it: {e}. Devices cannot reach its BARs; for \
+                 peer-to-peer give the host an IOMMU with more address bits (QEMU: \
+                 intel-iommu,aw-bits=48), put fewer or smaller devices on its segment, or give \
+                 the segment a larger mmio64_aperture_weight"
+            ),
+            None => {}
+        }
+        if let Some(clique) = opened.cfg.gpudirect_clique {
+            match &info.peer_dma {
+                Some(Ok(())) => {
+                    let added = device
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .add_gpudirect_clique(clique);
+                    if let Err(e) = added {
+                        let _ = manager.detach(&id);
+                        return Err(build_error(&id, e));
+                    }
+                }
+                Some(Err(_)) | None => warn!(
+                    "{id}: not adding the GPUDirect clique capability (x_nv_gpudirect_clique=\
+                     {clique}): peer-to-peer DMA to this device does not work (see above), and \
+                     the clique would tell the guest driver it does"
+                ),
+            }
+        }
+        self.state().attached.push(id);
         Ok(info)
     }
 
@@ -141,12 +244,12 @@ fn build_device(
     access: Arc<dyn VfioDeviceAccess>,
     router: Arc<dyn InterruptRouter>,
     placement: &Placement,
-    clique: Option<u8>,
-) -> Result<PciFunction, BuildError> {
+    peer_dma: Option<Arc<dyn PeerDma>>,
+) -> Result<(PciFunction, Arc<Mutex<VfioPciDevice>>), BuildError> {
     let mut pin = [0u8];
     access.region_read(region::CONFIG, reg::INTERRUPT_PIN as u64, &mut pin);
     let intx_gsi = placement.intx_gsi(pin[0]);
-    let device = VfioPciDevice::new(id.to_string(), access, router, intx_gsi, clique)?;
+    let device = VfioPciDevice::new(id.to_string(), access, router, intx_gsi)?;
     let fd = device.device_fd();
     let mut direct = Vec::new();
     for area in device.mmap_areas() {
@@ -172,9 +275,14 @@ fn build_device(
             mapping,
         });
     }
-    Ok(PciFunction {
-        device: Arc::new(Mutex::new(device)),
-        direct,
-        doorbells: Vec::new(),
-    })
+    let device = Arc::new(Mutex::new(device));
+    Ok((
+        PciFunction {
+            device: device.clone(),
+            direct,
+            doorbells: Vec::new(),
+            peer_dma,
+        },
+        device,
+    ))
 }

@@ -21,6 +21,8 @@ use pci::device::PciDevice;
 
 use super::error::AttachError;
 use super::guest_map::{GuestMappings, HostMapping, SlotAllocator};
+use super::PeerDma;
+use vfio_dev::peer::PeerDmaError;
 
 /// Granularity of KVM memory slots.
 pub const PAGE_SIZE: u64 = 4096;
@@ -78,6 +80,12 @@ struct Area {
     offset: u64,
     mapping: HostMapping,
     slot: Option<u32>,
+    /// Where it is DMA-mapped for peer-to-peer (the BAR's address plus `offset`), if it is.
+    /// Unlike the memory slot this stays while the guest has decoding off: the physical
+    /// device's decoding is off too (the command register reaches it), so a peer's DMA gets no
+    /// answer, as on bare metal, and a guest that toggles decoding while it sizes BARs (Linux
+    /// does, per BAR, at boot) does not remap gigabytes of BAR in the IOMMU each time.
+    peer_mapped: Option<u64>,
 }
 
 /// A doorbell and whether KVM watches it now.
@@ -101,6 +109,8 @@ pub struct MapContext<'a> {
     pub mmio: &'a Bus,
     /// The port bus.
     pub pio: &'a Bus,
+    /// Where direct areas are DMA-mapped for peer-to-peer, if they are.
+    pub peer_dma: Option<&'a dyn PeerDma>,
 }
 
 impl MapContext<'_> {
@@ -148,6 +158,7 @@ impl BarBacking {
                     offset: a.offset,
                     mapping: a.mapping,
                     slot: None,
+                    peer_mapped: None,
                 })
                 .collect(),
             bells: bells
@@ -160,6 +171,20 @@ impl BarBacking {
                 .collect(),
             warned: false,
         }
+    }
+
+    /// Whether every direct area of this BAR can be DMA-mapped for peer-to-peer at its current
+    /// address (`None` when it has none).
+    pub fn peer_reachable(&self, peer: &dyn PeerDma) -> Option<Result<(), PeerDmaError>> {
+        let mut result = None;
+        for area in &self.areas {
+            let r = peer.check(self.addr + area.offset, area.mapping.size());
+            match (&result, r) {
+                (Some(Err(_)), _) => {}
+                (_, r) => result = Some(r),
+            }
+        }
+        result
     }
 
     /// Whether the BAR is installed in the guest's address space now.
@@ -242,7 +267,30 @@ impl BarBacking {
                     .set_memory_slot(slot, gpa, size, area.mapping.addr())
             };
             match set {
-                Ok(()) => area.slot = Some(slot),
+                Ok(()) => {
+                    area.slot = Some(slot);
+                    if let Some(peer) = cx.peer_dma.filter(|_| area.peer_mapped != Some(gpa)) {
+                        let start = std::time::Instant::now();
+                        // SAFETY: the mapping outlives the DMA mapping: `unmap_peer` removes it,
+                        // and the area is dropped only after that.
+                        match unsafe { peer.map(gpa, size, area.mapping.addr()) } {
+                            Ok(()) => {
+                                area.peer_mapped = Some(gpa);
+                                log::info!(
+                                    "{}: {index} area at {gpa:#x} ({size:#x} bytes) DMA-mapped \
+                                     for peer-to-peer in {:?}",
+                                    cx.name,
+                                    start.elapsed()
+                                );
+                            }
+                            Err(e) => degraded.push(AttachError::PeerDma {
+                                device: cx.name.to_string(),
+                                bar: index,
+                                source: e,
+                            }),
+                        }
+                    }
+                }
                 Err(source) => {
                     cx.slots.give_back(slot);
                     let e = AttachError::MemorySlot {
@@ -277,12 +325,15 @@ impl BarBacking {
             }
         }
         for e in degraded {
+            let consequence = match e {
+                AttachError::PeerDma { .. } => {
+                    "the other devices' DMA to it will fault in the host IOMMU (no peer-to-peer)"
+                }
+                _ => "that part of the BAR traps instead",
+            };
             self.warn_once(
                 cx.name,
-                format_args!(
-                    "at {addr:#x}: {}; that part of the BAR traps instead",
-                    crate::error_chain(&e)
-                ),
+                format_args!("at {addr:#x}: {}; {consequence}", crate::error_chain(&e)),
             );
         }
         Ok(())
@@ -331,5 +382,20 @@ impl BarBacking {
         }
         cx.bus(self.spec.kind).remove(addr);
         self.mapped = false;
+    }
+
+    /// Removes the peer-to-peer DMA mappings of this BAR: before it moves to another address,
+    /// and before its host mappings go.
+    pub fn unmap_peer(&mut self, cx: &MapContext<'_>) {
+        let Some(peer) = cx.peer_dma else {
+            return;
+        };
+        for area in &mut self.areas {
+            if let Some(iova) = area.peer_mapped.take() {
+                if let Err(e) = peer.unmap(iova, area.mapping.size()) {
+                    warn!("{}: {} at {iova:#x}: {e}", cx.name, self.spec.index);
+                }
+            }
+        }
     }
 }

@@ -154,6 +154,17 @@ pub enum AttachError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// A direct area could not be DMA-mapped for peer-to-peer (never fatal: logged).
+    #[error("{device}: {bar} is not DMA-mapped for peer-to-peer")]
+    PeerDma {
+        /// The device.
+        device: String,
+        /// The BAR.
+        bar: BarIndex,
+        /// Why.
+        #[source]
+        source: vfio_dev::peer::PeerDmaError,
+    },
     /// The device to detach is not attached.
     #[error("no device with id {id} is attached")]
     NotAttached {

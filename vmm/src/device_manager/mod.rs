@@ -50,6 +50,7 @@ use config_access::{EcamAccess, LegacyPortAccess};
 pub use error::{AttachError, BuildError};
 use guest_map::{GuestMappings, SlotAllocator};
 use topology::SegmentWindows;
+use vfio_dev::peer::PeerDmaError;
 
 /// Where a device being attached will sit, for the step that builds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +71,34 @@ impl Placement {
     }
 }
 
+/// Peer-to-peer DMA: where a device's direct areas are DMA-mapped at their guest addresses so
+/// the VM's other devices can reach them (the VFIO container). Behind a trait so the pipeline is
+/// unit-tested without VFIO.
+pub trait PeerDma: Send + Sync {
+    /// Whether `[iova, iova + size)` can be mapped; the error says why not.
+    fn check(&self, iova: u64, size: u64) -> Result<(), PeerDmaError>;
+    /// DMA-maps `size` bytes of host memory at `host` at `iova`.
+    ///
+    /// # Safety
+    /// `host..host + size` must stay mapped until [`PeerDma::unmap`] of the same range.
+    unsafe fn map(&self, iova: u64, size: u64, host: usize) -> Result<(), PeerDmaError>;
+    /// Undoes [`PeerDma::map`].
+    fn unmap(&self, iova: u64, size: u64) -> Result<(), PeerDmaError>;
+}
+
+impl PeerDma for vfio_dev::container::VfioHost {
+    fn check(&self, iova: u64, size: u64) -> Result<(), PeerDmaError> {
+        self.check_peer(iova, size)
+    }
+    unsafe fn map(&self, iova: u64, size: u64, host: usize) -> Result<(), PeerDmaError> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.map_peer(iova, size, host) }
+    }
+    fn unmap(&self, iova: u64, size: u64) -> Result<(), PeerDmaError> {
+        self.unmap_peer(iova, size)
+    }
+}
+
 /// What the building step hands the device manager.
 pub struct PciFunction {
     /// The device as the segment and the BAR traps see it.
@@ -78,6 +107,8 @@ pub struct PciFunction {
     pub direct: Vec<DirectArea>,
     /// Doorbells to register as KVM ioeventfds, per BAR.
     pub doorbells: Vec<Doorbell>,
+    /// Where the direct areas are DMA-mapped for peer-to-peer (`None`: they are not).
+    pub peer_dma: Option<Arc<dyn PeerDma>>,
 }
 
 /// An attached device, as `vm.info` and the logs describe it.
@@ -91,6 +122,9 @@ pub struct AttachedInfo {
     pub bdf: Bdf,
     /// Its BARs: index, guest address, size.
     pub bars: Vec<(BarSpec, u64)>,
+    /// Peer-to-peer DMA: `None` when the device's BARs are not DMA-mapped at all, `Ok` when
+    /// every BAR area the guest maps can be, the first reason when one cannot.
+    pub peer_dma: Option<Result<(), PeerDmaError>>,
 }
 
 /// One segment: its root bus and the allocator that places BARs in its windows.
@@ -106,6 +140,7 @@ struct Attached {
     segment: u16,
     bdf: Bdf,
     device: Arc<Mutex<dyn PciDevice>>,
+    peer_dma: Option<Arc<dyn PeerDma>>,
     state: Mutex<AttachedState>,
 }
 
@@ -263,6 +298,7 @@ impl DeviceManager {
             slots: &self.slots,
             mmio: &self.mmio,
             pio: &self.pio,
+            peer_dma: attached.peer_dma.as_deref(),
         }
     }
 
@@ -319,6 +355,7 @@ impl DeviceManager {
             segment,
             bdf,
             device: function.device.clone(),
+            peer_dma: function.peer_dma.clone(),
             state: Mutex::new(AttachedState {
                 bars: Vec::new(),
                 detached: false,
@@ -338,19 +375,15 @@ impl DeviceManager {
         if let Some(e) = failure {
             for bar in &mut bars {
                 bar.unmap(&cx);
+                bar.unmap_peer(&cx);
             }
             self.free_bars(seg, id, &bars);
             release_slot();
             lock(&attached.device).shutdown();
             return Err(e);
         }
-        let info = AttachedInfo {
-            id: id.to_string(),
-            segment,
-            bdf,
-            bars: bars.iter().map(|b| (b.spec, b.addr)).collect(),
-        };
         lock(&attached.state).bars = bars;
+        let info = self.info_of(&attached);
         let shared = Box::new(SharedDevice {
             name: id.to_string(),
             device: attached.device.clone(),
@@ -453,6 +486,7 @@ impl DeviceManager {
         let cx = self.map_context(attached);
         for bar in &mut state.bars {
             bar.unmap(&cx);
+            bar.unmap_peer(&cx);
         }
         self.free_bars(seg, &attached.id, &state.bars);
         // The mappings and doorbells go with the BARs, after their slots were cleared.
@@ -495,15 +529,21 @@ impl DeviceManager {
     }
 
     fn info_of(&self, attached: &Attached) -> AttachedInfo {
+        let state = lock(&attached.state);
+        let peer_dma = attached.peer_dma.as_deref().map(|peer| {
+            state
+                .bars
+                .iter()
+                .filter_map(|b| b.peer_reachable(peer))
+                .find(Result::is_err)
+                .unwrap_or(Ok(()))
+        });
         AttachedInfo {
             id: attached.id.clone(),
             segment: attached.segment,
             bdf: attached.bdf,
-            bars: lock(&attached.state)
-                .bars
-                .iter()
-                .map(|b| (b.spec, b.addr))
-                .collect(),
+            bars: state.bars.iter().map(|b| (b.spec, b.addr)).collect(),
+            peer_dma,
         }
     }
 
@@ -573,6 +613,7 @@ impl DeviceManager {
         }
         let was_mapped = state.bars[i].is_mapped();
         state.bars[i].unmap(&cx);
+        state.bars[i].unmap_peer(&cx);
         state.bars[i].addr = mv.new;
         if was_mapped {
             let exclusive = self.page_is_exclusive(seg, &state.bars[i]);

@@ -172,6 +172,7 @@ fn fake<'a>(
                 offset: DOORBELL,
                 event: EventFd::new(EFD_NONBLOCK).unwrap(),
             }],
+            peer_dma: None,
         })
     }
 }
@@ -195,8 +196,11 @@ const FIRST_SLOT: u32 = 2;
 fn rig(segments: usize) -> Rig {
     let cfg = PciConfig {
         segments: vec![PciSegmentConfig::default(); segments],
+        ..PciConfig::default()
     };
-    let plan = topology::plan_segments(&cfg, 1 << 30, 40).unwrap();
+    let plan = topology::plan_segments(&cfg, 1 << 30, 40, None, &[])
+        .unwrap()
+        .segments;
     let guest = Arc::new(FakeGuest::default());
     let (mmio, pio) = (Arc::new(Bus::new()), Arc::new(Bus::new()));
     let manager =
@@ -525,4 +529,138 @@ fn a_move_through_the_legacy_config_ports_is_followed_too() {
     assert!(r.pio.write(port + 4, &(new as u32).to_le_bytes()));
     assert!(r.answers(new) && !r.answers(old));
     assert_eq!(u64::from(r.config_read32(info.bdf, 0x18)), new);
+}
+
+/// The VFIO container as far as peer-to-peer goes: what is DMA-mapped now, in order of the
+/// calls, with an IOMMU that reaches only up to `limit`.
+struct FakePeer {
+    limit: u64,
+    mapped: Mutex<BTreeSet<(u64, u64)>>,
+    calls: Mutex<Vec<String>>,
+}
+
+impl PeerDma for FakePeer {
+    fn check(&self, iova: u64, size: u64) -> Result<(), vfio_dev::peer::PeerDmaError> {
+        if iova + size - 1 > self.limit {
+            return Err(vfio_dev::peer::PeerDmaError::OutOfReach {
+                iova,
+                size,
+                ranges: format!("0..={:#x}", self.limit),
+            });
+        }
+        Ok(())
+    }
+    unsafe fn map(
+        &self,
+        iova: u64,
+        size: u64,
+        _host: usize,
+    ) -> Result<(), vfio_dev::peer::PeerDmaError> {
+        self.check(iova, size)?;
+        assert!(
+            self.mapped.lock().unwrap().insert((iova, size)),
+            "mapped twice"
+        );
+        self.calls.lock().unwrap().push(format!("map {iova:#x}"));
+        Ok(())
+    }
+    fn unmap(&self, iova: u64, size: u64) -> Result<(), vfio_dev::peer::PeerDmaError> {
+        assert!(
+            self.mapped.lock().unwrap().remove(&(iova, size)),
+            "not mapped"
+        );
+        self.calls.lock().unwrap().push(format!("unmap {iova:#x}"));
+        Ok(())
+    }
+}
+
+impl FakePeer {
+    fn mapped(&self) -> Vec<u64> {
+        self.mapped
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|&(i, _)| i)
+            .collect()
+    }
+    fn take_calls(&self) -> Vec<String> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+}
+
+fn attach_with_peer(r: &Rig, id: &str, peer: &Arc<FakePeer>) -> AttachedInfo {
+    let (gsi, built) = (Mutex::new(None), Mutex::new(None));
+    let make = fake(BAR0_SIZE, true, &gsi, &built);
+    let peer: Arc<dyn PeerDma> = peer.clone();
+    r.manager
+        .attach(id, 0, move |p| {
+            let mut f = make(p)?;
+            f.peer_dma = Some(peer);
+            Ok(f)
+        })
+        .unwrap()
+}
+
+#[test]
+fn peer_mappings_follow_moves_and_decoding_and_go_at_detach() {
+    let r = rig(1);
+    let peer = Arc::new(FakePeer {
+        limit: u64::MAX,
+        mapped: Mutex::new(BTreeSet::new()),
+        calls: Mutex::new(Vec::new()),
+    });
+    let info = attach_with_peer(&r, "gpu", &peer);
+    let bar0 = bar_addr(&info, 0);
+    assert_eq!(info.peer_dma, Some(Ok(())));
+    assert_eq!(peer.mapped(), vec![bar0], "IOVA = the BAR's guest address");
+    peer.take_calls();
+    // A move: the old IOVA is unmapped before the new one is mapped.
+    let moved = bar0 + (1 << 20);
+    r.move_bar0(info.bdf, moved);
+    assert_eq!(
+        peer.take_calls(),
+        [format!("unmap {bar0:#x}"), format!("map {moved:#x}")]
+    );
+    // Decoding off and on again at the same place: the peer mapping stays (the device itself
+    // stops answering while its decoding is off); nothing is remapped.
+    r.config_write32(info.bdf, 0x4, u32::from(command::IO_SPACE));
+    assert_eq!(peer.mapped(), vec![moved]);
+    assert!(
+        r.guest.slot_gpas().is_empty(),
+        "the guest's own mapping goes"
+    );
+    r.config_write32(info.bdf, 0x4, u32::from(command::MEMORY_SPACE));
+    assert!(peer.take_calls().is_empty());
+    // A move while decoding is off unmaps the old IOVA at once and maps nothing; decoding on
+    // maps it where the guest left it.
+    r.config_write32(info.bdf, 0x4, u32::from(command::IO_SPACE));
+    r.move_bar0(info.bdf, bar0);
+    assert_eq!(peer.take_calls(), [format!("unmap {moved:#x}")]);
+    assert!(peer.mapped().is_empty());
+    r.config_write32(info.bdf, 0x4, u32::from(command::MEMORY_SPACE));
+    assert_eq!(peer.mapped(), vec![bar0]);
+    assert_eq!(peer.take_calls(), [format!("map {bar0:#x}")]);
+    r.manager.detach("gpu").unwrap();
+    assert!(peer.mapped().is_empty(), "detach unmaps it");
+}
+
+#[test]
+fn a_bar_beyond_the_iommus_reach_works_without_peer_to_peer() {
+    let r = rig(1);
+    // The IOMMU ends just below where the manager puts BAR0 (the start of the 64-bit window).
+    let peer = Arc::new(FakePeer {
+        limit: (1 << 32) - 1,
+        mapped: Mutex::new(BTreeSet::new()),
+        calls: Mutex::new(Vec::new()),
+    });
+    let info = attach_with_peer(&r, "gpu", &peer);
+    let bar0 = bar_addr(&info, 0);
+    // Attached and mapped into the guest all the same; only the P2P mapping is missing, and
+    // the device manager says why.
+    assert_eq!(r.guest.slot_gpas(), vec![bar0]);
+    assert!(peer.mapped().is_empty());
+    let why = info.peer_dma.unwrap().unwrap_err().to_string();
+    assert!(why.contains("beyond the host IOMMU's reach"), "{why}");
+    // Its 32-bit BAR2 has no direct area in the fake, so it does not count.
+    assert_eq!(r.manager.devices()[0].id, "gpu");
 }

@@ -5,8 +5,11 @@
 
 use arch::acpi::PciRootDescription;
 use arch::layout;
+use pci::allocator::{BarRequest, SegmentAllocator, Space};
 use pci::aperture::{split_aperture, AddressRange, ApertureError};
+use pci::bar::{BarKind, BarSpec};
 use pci::segment::ECAM_WINDOW_SIZE;
+use vfio_dev::iommu_info::IovaRange;
 
 use crate::config::PciConfig;
 
@@ -49,12 +52,52 @@ fn split(
     }
 }
 
-/// Lays out the segments of `cfg` for a guest whose RAM ends at `ram_end` and whose physical
-/// address width is `phys_bits`.
-pub fn plan_segments(
+/// How far the host IOMMU reaches into the 64-bit MMIO aperture, as the layout found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// Not known (no passthrough device, peer-to-peer off, or the kernel does not report its
+    /// IOVA ranges): the aperture is laid out as if the IOMMU reached everywhere.
+    Unknown,
+    /// Every segment's 64-bit window lies inside the IOMMU's reach.
+    Inside,
+    /// The IOMMU reaches only up to `limit` (inclusive) and the devices' 64-bit BARs did not
+    /// fit below it: the windows extend beyond, and BARs placed there get no peer-to-peer
+    /// mapping.
+    Beyond {
+        /// The last guest address inside the reach.
+        limit: u64,
+    },
+}
+
+/// The segments' windows and what the host IOMMU can reach of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Segment `i` at index `i`.
+    pub segments: Vec<SegmentWindows>,
+    /// Whether the 64-bit windows are inside the host IOMMU's reach.
+    pub reach: Reach,
+}
+
+/// The part of the 64-bit aperture `(start, last)` a host IOMMU with IOVA ranges `ranges` can
+/// translate: the range that holds the aperture's start (or else the largest overlap), with its
+/// start on a [`layout::MEM_64BIT_DEVICES_ALIGNMENT`] boundary. `None` when too little is left.
+pub fn reachable_part(aperture: (u64, u64), ranges: &[IovaRange]) -> Option<(u64, u64)> {
+    let (start, last) = aperture;
+    let (from, to) = ranges
+        .iter()
+        .filter_map(|r| {
+            let (a, b) = (start.max(r.start), last.min(r.end));
+            (a <= b).then_some((a, b))
+        })
+        .max_by_key(|&(a, b)| (a == start, b - a))?;
+    let from = from.checked_next_multiple_of(layout::MEM_64BIT_DEVICES_ALIGNMENT)?;
+    (from < to).then_some((from, to))
+}
+
+/// Splits the apertures among the segments of `cfg` with `mmio64` as the 64-bit aperture.
+fn split_all(
     cfg: &PciConfig,
-    ram_end: u64,
-    phys_bits: u8,
+    mmio64_aperture: Option<AddressRange>,
 ) -> Result<Vec<SegmentWindows>, LayoutError> {
     let w32: Vec<u32> = cfg
         .segments
@@ -78,8 +121,6 @@ pub fn plan_segments(
         &w32,
         layout::MEM_32BIT_DEVICES_SPLIT_ALIGNMENT,
     )?;
-    let mmio64_aperture = layout::mem64_aperture(ram_end, phys_bits)
-        .and_then(|(start, last)| AddressRange::from_inclusive(start, last));
     let total64: u64 = w64.iter().map(|&w| u64::from(w)).sum();
     let align64 = mmio64_aperture.map_or(layout::MEM_64BIT_DEVICES_ALIGNMENT, |a| {
         layout::mem64_split_alignment(a.size(), total64)
@@ -107,6 +148,93 @@ pub fn plan_segments(
             io,
         })
         .collect())
+}
+
+/// Whether the BARs of `demand` (segment, BAR) all fit the windows of `segments`, placed
+/// largest first as the device manager places them.
+pub fn demand_fits(segments: &[SegmentWindows], demand: &[(u16, BarSpec)]) -> bool {
+    segments.iter().all(|w| {
+        let mut allocator = SegmentAllocator::new(w.id, w.mmio32, w.mmio64, w.io);
+        let mut bars: Vec<&BarSpec> = demand
+            .iter()
+            .filter(|(seg, _)| *seg == w.id)
+            .map(|(_, spec)| spec)
+            .collect();
+        bars.sort_by_key(|s| std::cmp::Reverse(s.size));
+        bars.iter().all(|spec| {
+            let space = match spec.kind {
+                BarKind::Io => Space::Io,
+                BarKind::Mem32 => Space::Mem32,
+                BarKind::Mem64 => Space::Mem64,
+            };
+            allocator
+                .allocate(BarRequest {
+                    owner: String::new(),
+                    bar: spec.index.get(),
+                    size: spec.size,
+                    space,
+                })
+                .is_ok()
+        })
+    })
+}
+
+/// Lays out the segments of `cfg` for a guest whose RAM ends at `ram_end` and whose physical
+/// address width is `phys_bits`.
+///
+/// With `reach` (the host IOMMU's IOVA ranges, when BARs are to be DMA-mapped for
+/// peer-to-peer), the 64-bit aperture is first cut down to what the IOMMU translates, so every
+/// segment's 64-bit window (and so every BAR in it) is reachable by the devices' DMA; if the
+/// cold-plugged BARs of `demand` do not fit the smaller windows, the full aperture is used and
+/// [`Reach::Beyond`] says so (the VM starts; BARs above the limit get no P2P mapping).
+pub fn plan_segments(
+    cfg: &PciConfig,
+    ram_end: u64,
+    phys_bits: u8,
+    reach: Option<&[IovaRange]>,
+    demand: &[(u16, BarSpec)],
+) -> Result<Plan, LayoutError> {
+    let full = layout::mem64_aperture(ram_end, phys_bits);
+    let range = |(start, last): (u64, u64)| AddressRange::from_inclusive(start, last);
+    if let (Some(ranges), Some(aperture)) = (reach, full) {
+        match reachable_part(aperture, ranges) {
+            Some(part) if part == aperture => {
+                return Ok(Plan {
+                    segments: split_all(cfg, range(aperture))?,
+                    reach: Reach::Inside,
+                })
+            }
+            Some(part) => {
+                let segments = split_all(cfg, range(part))?;
+                if demand_fits(&segments, demand) {
+                    return Ok(Plan {
+                        segments,
+                        reach: Reach::Inside,
+                    });
+                }
+                return Ok(Plan {
+                    segments: split_all(cfg, range(aperture))?,
+                    reach: Reach::Beyond { limit: part.1 },
+                });
+            }
+            None => {
+                let limit = ranges
+                    .iter()
+                    .filter(|r| r.start <= aperture.0)
+                    .map(|r| r.end)
+                    .max()
+                    .unwrap_or(0);
+                return Ok(Plan {
+                    segments: split_all(cfg, range(aperture))?,
+                    reach: Reach::Beyond { limit },
+                });
+            }
+        }
+    }
+    Ok(Plan {
+        segments: split_all(cfg, full.and_then(range))?,
+        reach: Reach::Unknown,
+    })
 }
 
 impl SegmentWindows {
@@ -145,8 +273,11 @@ mod tests {
                 },
                 PciSegmentConfig::default(),
             ],
+            ..PciConfig::default()
         };
-        let plan = plan_segments(&cfg, 1 << 30, 46).unwrap();
+        let plan = plan_segments(&cfg, 1 << 30, 46, None, &[]).unwrap();
+        assert_eq!(plan.reach, Reach::Unknown);
+        let plan = plan.segments;
         assert_eq!(plan.len(), 2);
         assert_eq!(plan[0].mmio32.start(), 0xc000_0000);
         assert_eq!(plan[0].mmio32.last(), Some(0xdaaa_9fff));
@@ -156,5 +287,107 @@ mod tests {
         assert!(plan[0].acpi_root().legacy_config_ports);
         assert!(!plan[1].acpi_root().legacy_config_ports);
         assert_eq!(plan[1].acpi_root().ecam_base, layout::ecam_window(1));
+    }
+
+    const GIB: u64 = 1 << 30;
+
+    /// What an emulated VT-d with `bits` address bits reports: all of it but the MSI window.
+    fn vtd(bits: u32) -> Vec<IovaRange> {
+        vec![
+            IovaRange {
+                start: 0,
+                end: 0xfedf_ffff,
+            },
+            IovaRange {
+                start: 0xfef0_0000,
+                end: (1u64 << bits) - 1,
+            },
+        ]
+    }
+
+    fn two_segments() -> PciConfig {
+        PciConfig {
+            segments: vec![PciSegmentConfig::default(); 2],
+            ..PciConfig::default()
+        }
+    }
+
+    fn bar64(size: u64) -> BarSpec {
+        BarSpec::new(pci::bar::BarIndex::new(2).unwrap(), size, BarKind::Mem64)
+    }
+
+    #[test]
+    fn a_39_bit_iommu_keeps_every_64_bit_window_below_512g() {
+        // 512 MiB of RAM, 46 guest address bits: the aperture would run to 64 TiB, and with two
+        // segments segment 1's window would start far beyond 512 GiB.
+        let plan = plan_segments(&two_segments(), 512 << 20, 46, Some(&vtd(39)), &[]).unwrap();
+        assert_eq!(plan.reach, Reach::Inside);
+        for w in &plan.segments {
+            assert!(w.mmio64.last().unwrap() < 512 * GIB, "{w:?}");
+        }
+        assert_eq!(plan.segments[0].mmio64.start(), 4 * GIB);
+        assert!(plan.segments[1].mmio64.start() >= 256 * GIB);
+        // Without the IOMMU's ranges: the whole aperture, as before.
+        let free = plan_segments(&two_segments(), 512 << 20, 46, None, &[]).unwrap();
+        assert_eq!(free.segments[1].mmio64.last(), Some((1 << 46) - 1));
+    }
+
+    #[test]
+    fn a_48_bit_iommu_reaches_the_whole_aperture() {
+        let plan = plan_segments(&two_segments(), 512 << 20, 46, Some(&vtd(48)), &[]).unwrap();
+        assert_eq!(plan.reach, Reach::Inside);
+        assert_eq!(plan.segments[1].mmio64.last(), Some((1 << 46) - 1));
+    }
+
+    #[test]
+    fn bars_too_big_for_the_reach_get_the_full_aperture_and_a_beyond_verdict() {
+        // Two 256 GiB BARs on segment 1 cannot fit its ~254 GiB share below 512 GiB.
+        let demand = [(1, bar64(256 * GIB)), (1, bar64(256 * GIB))];
+        let plan = plan_segments(&two_segments(), 512 << 20, 46, Some(&vtd(39)), &demand).unwrap();
+        assert_eq!(
+            plan.reach,
+            Reach::Beyond {
+                limit: (1 << 39) - 1
+            }
+        );
+        assert!(demand_fits(&plan.segments, &demand));
+        // One of them does fit.
+        let plan =
+            plan_segments(&two_segments(), 512 << 20, 46, Some(&vtd(39)), &demand[..1]).unwrap();
+        assert_eq!(plan.reach, Reach::Inside);
+    }
+
+    #[test]
+    fn holes_in_the_iova_space_are_avoided() {
+        // An AMD host: the HyperTransport hole at 0xFD_0000_0000..=0xFF_FFFF_FFFF is reserved.
+        let amd = vec![
+            IovaRange {
+                start: 0,
+                end: 0xfedf_ffff,
+            },
+            IovaRange {
+                start: 0xfef0_0000,
+                end: 0xfc_ffff_ffff,
+            },
+            IovaRange {
+                start: 0x100_0000_0000,
+                end: (1 << 48) - 1,
+            },
+        ];
+        let plan = plan_segments(&two_segments(), 512 << 20, 46, Some(&amd), &[]).unwrap();
+        assert_eq!(plan.reach, Reach::Inside);
+        assert!(plan.segments[1].mmio64.last().unwrap() <= 0xfc_ffff_ffff);
+        // The part that holds the aperture's start wins over a larger one further up.
+        assert_eq!(
+            reachable_part((4 * GIB, (1 << 46) - 1), &amd),
+            Some((4 * GIB, 0xfc_ffff_ffff))
+        );
+        // Nothing reachable above RAM: the full aperture, beyond.
+        let tiny = vec![IovaRange {
+            start: 0,
+            end: 0xfedf_ffff,
+        }];
+        let plan = plan_segments(&two_segments(), 512 << 20, 46, Some(&tiny), &[]).unwrap();
+        assert_eq!(plan.reach, Reach::Beyond { limit: 0xfedf_ffff });
     }
 }
