@@ -58,8 +58,23 @@ pub struct Cli {
     pub cpus: String,
 
     /// Guest RAM: `size=SIZE` or just `SIZE`, a byte count with an optional binary K, M, G or T
-    /// suffix (any case). At least 16M and a multiple of 4K.
-    #[arg(long, value_name = "size=SIZE", default_value = DEFAULT_MEMORY)]
+    /// suffix (any case), at least 16M and a multiple of 4K; then cloud-hypervisor's backing
+    /// keys.
+    ///
+    /// `hugepages=on` takes RAM from the host's hugepage pool (`hugepage_size=2M|1G`, default the
+    /// host's default size); viaduct refuses to start, saying how many pages are free and how to
+    /// reserve more, when the pool is too small. `shared=on` maps RAM shared (a memfd), as
+    /// vhost-user needs; the default is private memory. `file=PATH` backs RAM with that file, or
+    /// with a fresh file in that directory (e.g. a hugetlbfs mount), mapped shared.
+    /// `prefault=on` populates every page before the guest starts, with one thread per host CPU.
+    /// `thp=on|off` (default on) asks for transparent hugepages or refuses them.
+    /// `mergeable=on` lets KSM merge identical pages; it cannot be used with --device (pinned
+    /// pages do not merge). A size larger than the host's memory is refused at once.
+    #[arg(
+        long,
+        value_name = "size=SIZE[,hugepages=on][,hugepage_size=2M|1G][,shared=on][,file=PATH][,prefault=on][,thp=off][,mergeable=on]",
+        default_value = DEFAULT_MEMORY
+    )]
     pub memory: String,
 
     /// COM1 serial port: `off` (no UART), `null` (output discarded), `tty` (viaduct's
@@ -75,6 +90,13 @@ pub struct Cli {
     /// use `--serial tty --console off` for a terminal console.
     #[arg(long, value_name = "off|null", default_value = DEFAULT_CONSOLE)]
     pub console: String,
+
+    /// The control API: HTTP on a UNIX socket with cloud-hypervisor's endpoints (see
+    /// docs/api.md and `viaduct remote`): `path=/run/viaduct.sock` or just the path (the socket
+    /// is created mode 0600 and removed at exit; a live one of another process is refused, a
+    /// stale one replaced), or `fd=N`, a listening socket handed over. Default: no API.
+    #[arg(long = "api-socket", value_name = "path=PATH|fd=N")]
+    pub api_socket: Option<String>,
 
     /// Platform: `num_pci_segments=N,vfio_p2p_dma=on|off`.
     ///
@@ -274,17 +296,60 @@ pub enum Command {
         #[command(subcommand)]
         action: MdevCommand,
     },
+    /// Talk to a running viaduct's control API (see --api-socket and docs/api.md), with
+    /// ch-remote's commands: ping, info, add-device, remove-device, shutdown, reboot,
+    /// power-button, shutdown-vmm.
+    Remote {
+        /// The API socket of the running viaduct.
+        #[arg(long, value_name = "PATH")]
+        api_socket: PathBuf,
+        /// What to do.
+        #[command(subcommand)]
+        action: RemoteCommand,
+    },
     /// Say, line by line, whether this host is ready for passthrough: IOMMU, /dev/kvm, the vfio
-    /// modules, interrupt remapping, each device's group and /dev/vfio node, and locked memory.
+    /// modules, interrupt remapping, each device's group and /dev/vfio node, guest RAM (or
+    /// hugepages) and locked memory.
     /// Exits 0 only when nothing failed.
     Check {
         /// Devices to check, as BDFs or sysfs paths. Takes several values and may be repeated.
         #[arg(long = "device", value_name = "PATH", num_args = 1.., action = ArgAction::Append)]
         devices: Vec<String>,
-        /// The guest RAM to check RLIMIT_MEMLOCK against, written as for --memory.
-        #[arg(long, value_name = "SIZE", default_value = DEFAULT_MEMORY)]
+        /// The guest RAM to check, written as for --memory (e.g. `16G,hugepages=on`): against
+        /// the host's memory or its hugepage pool, and RLIMIT_MEMLOCK.
+        #[arg(long, value_name = "SIZE[,hugepages=on]", default_value = DEFAULT_MEMORY)]
         memory: String,
     },
+}
+
+/// `viaduct remote` commands (`ch-remote`'s).
+#[derive(Debug, Subcommand)]
+pub enum RemoteCommand {
+    /// Is the VMM there? Prints its version and pid.
+    Ping,
+    /// The VM's configuration, state and devices (with their guest BDFs and BARs).
+    Info,
+    /// Hot-add a passthrough device: the same `path=…[,id=…][,pci_segment=…]
+    /// [,x_nv_gpudirect_clique=…][,managed=on]` as --device. Prints `{"id", "bdf"}`.
+    AddDevice {
+        /// The device, written as for --device.
+        #[arg(value_name = "path=SYSFS[,id=NAME][,pci_segment=K]")]
+        device: String,
+    },
+    /// Hot-remove a device: the guest is asked to eject it, and it is detached once it has.
+    RemoveDevice {
+        /// The device's id (as add-device printed it, or as `info` lists it).
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Stop the VM as if it had powered off (viaduct exits 0).
+    Shutdown,
+    /// Stop the VM as if it had asked to reboot (viaduct exits 0).
+    Reboot,
+    /// Press the guest's ACPI power button.
+    PowerButton,
+    /// Stop the VM and viaduct.
+    ShutdownVmm,
 }
 
 /// `viaduct mdev` actions.

@@ -39,6 +39,7 @@ pub fn run(command: &Command) -> ExitCode {
         Command::Sriov { device, numvfs } => set_vfs(&paths, device, *numvfs),
         Command::Mdev { action } => mdev_command(&paths, action),
         Command::Check { devices, memory } => return check(&paths, devices, memory),
+        Command::Remote { api_socket, action } => return crate::remote::run(api_socket, action),
     };
     match result {
         Ok(code) => code,
@@ -203,9 +204,17 @@ fn check(paths: &HostPaths, devices: &[String], memory: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let hugepages = memory.backing.hugepages.then(|| {
+        memory
+            .backing
+            .hugepage_size
+            .or_else(|| vfio_dev::host::memory::default_hugepage_size(paths))
+            .unwrap_or(2 << 20)
+    });
     let request = Request {
         devices,
-        memory,
+        memory: memory.bytes,
+        hugepages,
         memlock: Memlock::current(),
     };
     let report = check::run(paths, &request);

@@ -9,9 +9,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use vmm::api::ApiSocket;
 use vmm::config::{
-    ConsoleMode, PassthroughDeviceConfig, PciConfig, PciSegmentConfig, SerialMode, VmConfig,
-    DEFAULT_APERTURE_WEIGHT, MAX_GPUDIRECT_CLIQUE, MAX_PCI_SEGMENTS, MAX_VCPUS, MIN_MEMORY_BYTES,
+    ApiConfig, ConsoleMode, MemoryBacking, PassthroughDeviceConfig, PciConfig, PciSegmentConfig,
+    SerialMode, VmConfig, DEFAULT_APERTURE_WEIGHT, DEFAULT_EJECT_TIMEOUT, MAX_GPUDIRECT_CLIQUE,
+    MAX_PCI_SEGMENTS, MAX_VCPUS, MIN_MEMORY_BYTES,
 };
 
 use crate::cli::Cli;
@@ -37,20 +39,24 @@ const CPUS: OptionSpec = OptionSpec::new(&["boot"])
     .default_key("boot");
 
 /// `--memory` keys.
-const MEMORY: OptionSpec = OptionSpec::new(&["size"])
-    .unsupported(&[
-        "mergeable",
-        "shared",
-        "hugepages",
-        "hugepage_size",
-        "hotplug_method",
-        "hotplug_size",
-        "hotplugged_size",
-        "prefault",
-        "thp",
-        "zones",
-    ])
-    .default_key("size");
+const MEMORY: OptionSpec = OptionSpec::new(&[
+    "size",
+    "hugepages",
+    "hugepage_size",
+    "shared",
+    "file",
+    "prefault",
+    "thp",
+    "mergeable",
+])
+.unsupported(&[
+    "hotplug_method",
+    "hotplug_size",
+    "hotplugged_size",
+    "reserve",
+    "zones",
+])
+.default_key("size");
 
 /// `--platform` keys.
 const PLATFORM: OptionSpec = OptionSpec::new(&["num_pci_segments", "vfio_p2p_dma"]).unsupported(&[
@@ -79,6 +85,10 @@ const PCI_SEGMENT: OptionSpec = OptionSpec::new(&[
     "mmio32_aperture_weight",
     "mmio64_aperture_weight",
 ]);
+
+/// `--api-socket` keys.
+const API_SOCKET: OptionSpec =
+    OptionSpec::new(&["path", "fd", "eject_timeout"]).default_key("path");
 
 /// `--device` keys, and the cloud-hypervisor ones viaduct does not implement.
 const DEVICE: OptionSpec = OptionSpec::new(&[
@@ -176,6 +186,33 @@ pub enum InvalidValue {
     /// RAM that is not a whole number of 4 KiB pages.
     #[error("memory size ({0} bytes) must be a multiple of 4 KiB")]
     MemoryUnaligned(u64),
+    /// `hugepage_size=` without `hugepages=on`.
+    #[error("hugepage_size= needs hugepages=on")]
+    HugepageSizeWithoutHugepages,
+    /// A hugepage size x86-64 does not have.
+    #[error("hugepage_size must be 2M or 1G (the hugepage sizes of x86-64), not {}", format_size(*.0))]
+    HugepageSize(u64),
+    /// `file=` together with `hugepages=on`.
+    #[error(
+        "file= backs guest RAM with that file; for hugepages put the file (or give a directory) \
+         on a hugetlbfs mount and leave hugepages= out"
+    )]
+    FileWithHugepages,
+    /// `file=` together with `shared=off`.
+    #[error("file= maps the file shared (the guest's writes reach it); drop shared=off")]
+    FileNotShared,
+    /// `file=` with nothing after it.
+    #[error("file= needs a path: a file, or a directory (e.g. a hugetlbfs mount) to make one in")]
+    FileEmpty,
+    /// `mergeable=on` with shared or hugepage memory.
+    #[error("mergeable=on: KSM merges only private anonymous memory, not {0}")]
+    MergeableBacking(&'static str),
+    /// `mergeable=on` with a passed-through device.
+    #[error(
+        "mergeable=on cannot be used with --device: VFIO pins every page of guest RAM for DMA, \
+         and pinned pages cannot be merged; drop mergeable=on"
+    )]
+    MergeableWithPassthrough,
     /// A cloud-hypervisor serial mode viaduct does not implement.
     #[error("serial mode \"{0}\" is not supported by viaduct; use off, null, tty or file=PATH")]
     SerialUnsupported(&'static str),
@@ -263,6 +300,12 @@ pub enum InvalidValue {
          works, but --platform vfio_p2p_dma=off turns peer-to-peer DMA off; remove one of the two"
     )]
     CliqueNeedsPeerToPeer,
+    /// `--api-socket` with neither or both of path= and fd=.
+    #[error("give the socket's path (path=PATH, or just PATH) or a listening socket's fd=N, one of the two")]
+    ApiSocketTarget,
+    /// `eject_timeout` out of range.
+    #[error("eject_timeout is in seconds, from 1 to 3600")]
+    EjectTimeout,
     /// `id=` with nothing after it.
     #[error("id= must not be empty; leave id out to name the device after its sysfs directory")]
     DeviceIdEmpty,
@@ -355,12 +398,22 @@ pub fn build(cli: &Cli) -> Result<VmConfig, ConfigError> {
     let cmdline = cli.cmdline.clone().unwrap_or_default();
     check_cmdline(&cmdline)?;
     let boot_vcpus = parse_cpus(&cli.cpus)?;
-    let memory_bytes = parse_memory(&cli.memory)?;
+    let MemoryValue {
+        bytes: memory_bytes,
+        backing: memory,
+    } = parse_memory(&cli.memory)?;
     let serial = parse_serial(&cli.serial)?;
     let console = parse_console(&cli.console)?;
     let pci = parse_pci(&cli.platform, &cli.pci_segments)?;
     // After --platform, whichever came first on the command line: pci_segment needs the count.
     let devices = parse_devices(&cli.devices, pci.segments.len())?;
+    if memory.mergeable && !devices.is_empty() {
+        return Err(ConfigError::invalid(
+            "--memory",
+            &cli.memory,
+            InvalidValue::MergeableWithPassthrough,
+        ));
+    }
     if !pci.vfio_p2p_dma {
         if let Some((value, _)) = cli
             .devices
@@ -382,11 +435,17 @@ pub fn build(cli: &Cli) -> Result<VmConfig, ConfigError> {
         cmdline,
         boot_vcpus,
         memory_bytes,
+        memory,
         serial,
         console,
         pci,
         devices,
         disks,
+        api: cli
+            .api_socket
+            .as_deref()
+            .map(parse_api_socket)
+            .transpose()?,
     })
 }
 
@@ -457,7 +516,7 @@ pub fn parse_cpus(value: &str) -> Result<u8, ConfigError> {
 }
 
 /// Parses `--memory size=SIZE` (or `--memory SIZE`) into a byte count.
-pub fn parse_memory(value: &str) -> Result<u64, ConfigError> {
+pub fn parse_memory(value: &str) -> Result<MemoryValue, ConfigError> {
     let invalid = |reason: InvalidValue| ConfigError::invalid("--memory", value, reason);
     let options = MEMORY.parse(value).map_err(|e| invalid(e.into()))?;
     let bytes = options
@@ -470,7 +529,67 @@ pub fn parse_memory(value: &str) -> Result<u64, ConfigError> {
     if !bytes.is_multiple_of(MEMORY_ALIGNMENT) {
         return Err(invalid(InvalidValue::MemoryUnaligned(bytes)));
     }
-    Ok(bytes)
+    let toggle = |key| options.get_toggle(key).map_err(|e| invalid(e.into()));
+    let hugepages = toggle("hugepages")?.unwrap_or(false);
+    let shared = toggle("shared")?;
+    let hugepage_size = options
+        .get_size("hugepage_size")
+        .map_err(|e| invalid(e.into()))?;
+    if let Some(size) = hugepage_size {
+        if !hugepages {
+            return Err(invalid(InvalidValue::HugepageSizeWithoutHugepages));
+        }
+        if size != 2 << 20 && size != 1 << 30 {
+            return Err(invalid(InvalidValue::HugepageSize(size)));
+        }
+    }
+    let file = match options.get("file") {
+        Some("") => return Err(invalid(InvalidValue::FileEmpty)),
+        Some(path) => Some(PathBuf::from(path)),
+        None => None,
+    };
+    if file.is_some() && hugepages {
+        return Err(invalid(InvalidValue::FileWithHugepages));
+    }
+    if file.is_some() && shared == Some(false) {
+        return Err(invalid(InvalidValue::FileNotShared));
+    }
+    let mergeable = toggle("mergeable")?.unwrap_or(false);
+    if mergeable {
+        let backing = if hugepages {
+            Some("hugepages")
+        } else if shared == Some(true) {
+            Some("shared memory")
+        } else if file.is_some() {
+            Some("a file")
+        } else {
+            None
+        };
+        if let Some(what) = backing {
+            return Err(invalid(InvalidValue::MergeableBacking(what)));
+        }
+    }
+    Ok(MemoryValue {
+        bytes,
+        backing: MemoryBacking {
+            hugepages,
+            hugepage_size,
+            shared: shared.unwrap_or(false) || file.is_some(),
+            file,
+            prefault: toggle("prefault")?.unwrap_or(false),
+            thp: toggle("thp")?.unwrap_or(true),
+            mergeable,
+        },
+    })
+}
+
+/// What `--memory` sets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryValue {
+    /// `size`, in bytes.
+    pub bytes: u64,
+    /// The other keys.
+    pub backing: MemoryBacking,
 }
 
 /// Parses `--serial off|null|tty|file=PATH`; for `file=` checks the file can be opened for
@@ -512,6 +631,32 @@ pub fn parse_console(value: &str) -> Result<ConsoleMode, ConfigError> {
             InvalidValue::ConsoleNotImplemented,
         )),
     }
+}
+
+/// Parses `--api-socket PATH`, `path=PATH`, `fd=N` (and viaduct's `eject_timeout=SECONDS`).
+pub fn parse_api_socket(value: &str) -> Result<ApiConfig, ConfigError> {
+    let invalid = |reason: InvalidValue| ConfigError::invalid("--api-socket", value, reason);
+    let options = API_SOCKET.parse(value).map_err(|e| invalid(e.into()))?;
+    let fd = options
+        .get_int::<i32>("fd")
+        .map_err(|e| invalid(e.into()))?;
+    let socket = match (options.get("path"), fd) {
+        (Some(path), None) if !path.is_empty() => ApiSocket::Path(PathBuf::from(path)),
+        (None, Some(fd)) if fd >= 0 => ApiSocket::Fd(fd),
+        _ => return Err(invalid(InvalidValue::ApiSocketTarget)),
+    };
+    let eject_timeout = match options
+        .get_int::<u64>("eject_timeout")
+        .map_err(|e| invalid(e.into()))?
+    {
+        None => DEFAULT_EJECT_TIMEOUT,
+        Some(s) if (1..=3600).contains(&s) => std::time::Duration::from_secs(s),
+        Some(_) => return Err(invalid(InvalidValue::EjectTimeout)),
+    };
+    Ok(ApiConfig {
+        socket,
+        eject_timeout,
+    })
 }
 
 /// What `--platform` sets.
@@ -635,10 +780,10 @@ pub struct DeviceValue {
     pub managed: bool,
 }
 
-/// Parses one `--device` value on its own: keys, numbers, the id, and that `path` is an existing
-/// directory. Whether it is really a PCI device, which driver holds it and whether its IOMMU
-/// group is usable are the VMM's VFIO layer's checks when the VM starts.
-pub fn parse_device(value: &str) -> Result<DeviceValue, ConfigError> {
+/// Parses the keys of one `--device` value (keys, numbers, the id) without looking at the
+/// path: `viaduct remote add-device` uses it, since the path is the server's to check (it may
+/// not even exist where the client runs). `resolved` is `path` as given.
+pub fn parse_device_keys(value: &str) -> Result<DeviceValue, ConfigError> {
     let invalid = |reason: InvalidValue| ConfigError::invalid("--device", value, reason);
     let options = DEVICE.parse(value).map_err(|e| invalid(e.into()))?;
     let path = match options.get("path") {
@@ -671,8 +816,25 @@ pub fn parse_device(value: &str) -> Result<DeviceValue, ConfigError> {
         }
         _ => {}
     }
+    Ok(DeviceValue {
+        resolved: path.clone(),
+        path,
+        segment,
+        gpudirect_clique,
+        id,
+        managed,
+    })
+}
+
+/// Parses one `--device` value on its own: keys, numbers, the id, and that `path` is an existing
+/// directory. Whether it is really a PCI device, which driver holds it and whether its IOMMU
+/// group is usable are the VMM's VFIO layer's checks when the VM starts.
+pub fn parse_device(value: &str) -> Result<DeviceValue, ConfigError> {
+    let invalid = |reason: InvalidValue| ConfigError::invalid("--device", value, reason);
+    let mut parsed = parse_device_keys(value)?;
+    let path = &parsed.path;
     let shown = || printable(&path.to_string_lossy());
-    let metadata = fs::metadata(&path).map_err(|e| {
+    let metadata = fs::metadata(path).map_err(|e| {
         invalid(if e.kind() == io::ErrorKind::NotFound {
             InvalidValue::NoSuchDevice(shown())
         } else {
@@ -693,15 +855,8 @@ pub fn parse_device(value: &str) -> Result<DeviceValue, ConfigError> {
             kind,
         }));
     }
-    let resolved = fs::canonicalize(&path).unwrap_or_else(|_| path.components().collect());
-    Ok(DeviceValue {
-        path,
-        resolved,
-        segment,
-        gpudirect_clique,
-        id,
-        managed,
-    })
+    parsed.resolved = fs::canonicalize(path).unwrap_or_else(|_| path.components().collect());
+    Ok(parsed)
 }
 
 /// Builds the passthrough device list from every `--device` value, in command-line order: each
@@ -795,10 +950,10 @@ mod tests {
 
     #[test]
     fn memory() {
-        assert_eq!(parse_memory("size=512M").unwrap(), 512 << 20);
-        assert_eq!(parse_memory("size=2g").unwrap(), 2 << 30);
-        assert_eq!(parse_memory("1G").unwrap(), 1 << 30);
-        assert_eq!(parse_memory("size=16777216").unwrap(), 16 << 20);
+        assert_eq!(parse_memory("size=512M").unwrap().bytes, 512 << 20);
+        assert_eq!(parse_memory("size=2g").unwrap().bytes, 2 << 30);
+        assert_eq!(parse_memory("1G").unwrap().bytes, 1 << 30);
+        assert_eq!(parse_memory("size=16777216").unwrap().bytes, 16 << 20);
         assert_eq!(
             chain(&parse_memory("size=0").unwrap_err()),
             "--memory size=0: memory size must be at least 16 MiB"
@@ -815,7 +970,89 @@ mod tests {
         let e = chain(&parse_memory("size=99999999999G").unwrap_err());
         assert!(e.contains("too large"), "{e}");
         assert!(parse_memory("size=1G,size=2G").is_err());
-        assert!(parse_memory("size=1G,hugepages=on").is_err());
+        assert!(parse_memory("size=1G,hotplug_size=2G").is_err());
+    }
+
+    #[test]
+    fn api_socket_forms() {
+        let path = |v| match parse_api_socket(v).unwrap().socket {
+            ApiSocket::Path(p) => p,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(path("/run/v.sock"), PathBuf::from("/run/v.sock"));
+        assert_eq!(path("path=/run/v.sock"), PathBuf::from("/run/v.sock"));
+        let fd = parse_api_socket("fd=7").unwrap();
+        assert!(matches!(fd.socket, ApiSocket::Fd(7)));
+        assert_eq!(fd.eject_timeout, DEFAULT_EJECT_TIMEOUT);
+        let t = parse_api_socket("path=/s,eject_timeout=30").unwrap();
+        assert_eq!(t.eject_timeout, std::time::Duration::from_secs(30));
+        for (bad, want) in [
+            ("path=/s,fd=3", "one of the two"),
+            ("path=", "one of the two"),
+            ("fd=-1", "one of the two"),
+            ("eject_timeout=5", "one of the two"),
+            ("fd=x", "fd"),
+            ("path=/s,eject_timeout=0", "from 1 to 3600"),
+            ("path=/s,eject_timeout=3601", "from 1 to 3600"),
+            ("path=/s,bogus=1", "bogus"),
+        ] {
+            let e = chain(&parse_api_socket(bad).unwrap_err());
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn memory_backing_keys() {
+        let m = parse_memory("size=1G,hugepages=on,hugepage_size=1G,prefault=on").unwrap();
+        assert_eq!(m.bytes, 1 << 30);
+        assert_eq!(
+            m.backing,
+            MemoryBacking {
+                hugepages: true,
+                hugepage_size: Some(1 << 30),
+                prefault: true,
+                ..MemoryBacking::default()
+            }
+        );
+        assert!(parse_memory("size=1G").unwrap().backing.thp);
+        assert!(!parse_memory("size=1G,thp=off").unwrap().backing.thp);
+        assert!(parse_memory("size=1G,shared=on").unwrap().backing.shared);
+        let f = parse_memory("size=1G,file=/dev/hugepages").unwrap().backing;
+        assert!(f.shared && f.file == Some(PathBuf::from("/dev/hugepages")));
+        assert!(
+            parse_memory("size=1G,mergeable=on")
+                .unwrap()
+                .backing
+                .mergeable
+        );
+        for (bad, want) in [
+            (
+                "size=1G,hugepage_size=2M",
+                "hugepage_size= needs hugepages=on",
+            ),
+            (
+                "size=1G,hugepages=on,hugepage_size=4M",
+                "hugepage_size must be 2M or 1G (the hugepage sizes of x86-64), not 4 MiB",
+            ),
+            (
+                "size=1G,file=/x,hugepages=on",
+                "on a hugetlbfs mount and leave hugepages= out",
+            ),
+            ("size=1G,file=/x,shared=off", "drop shared=off"),
+            ("size=1G,file=", "file= needs a path"),
+            (
+                "size=1G,mergeable=on,shared=on",
+                "KSM merges only private anonymous memory, not shared memory",
+            ),
+            ("size=1G,mergeable=on,hugepages=on", "not hugepages"),
+            ("size=1G,prefault=maybe", "prefault"),
+        ] {
+            let e = chain(&parse_memory(bad).unwrap_err());
+            assert!(
+                e.starts_with(&format!("--memory {bad}: ")) && e.contains(want),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod disk;
 pub mod launch;
 pub mod logging;
 pub mod options;
+pub mod remote;
 
 /// Formats an error and its whole `source()` chain as one line, joined with `": "`.
 pub use vmm::error_chain;

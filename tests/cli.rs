@@ -1251,3 +1251,94 @@ fn managed_device_that_cannot_be_bound_stops_before_the_vm() {
         "{err}"
     );
 }
+
+#[test]
+fn mergeable_memory_with_a_passthrough_device_is_refused() {
+    let s = Scratch::new();
+    let dev = s.device_dir("0000:01:00.0");
+    let device = format!("path={dev}");
+    let err = assert_rejected(
+        &with_kernel(
+            &s,
+            &["--memory", "size=1G,mergeable=on", "--device", &device],
+        ),
+        "--memory",
+        "size=1G,mergeable=on",
+    );
+    assert!(
+        err.contains("pinned pages cannot be merged") && err.contains("drop mergeable=on"),
+        "{err}"
+    );
+}
+
+#[test]
+fn memory_backing_errors_name_the_key() {
+    let s = Scratch::new();
+    for (value, want) in [
+        (
+            "size=1G,hugepage_size=2M",
+            "hugepage_size= needs hugepages=on",
+        ),
+        ("size=1G,hugepages=on,hugepage_size=3M", "must be 2M or 1G"),
+        (
+            "size=1G,hotplug_size=1G",
+            "\"hotplug_size\" is a cloud-hypervisor option",
+        ),
+    ] {
+        let err = assert_rejected(&with_kernel(&s, &["--memory", value]), "--memory", value);
+        assert!(err.contains(want), "{err}");
+    }
+}
+
+#[test]
+fn api_socket_bad_values_are_usage_errors() {
+    let s = Scratch::new();
+    for (value, want) in [
+        ("fd=x", "fd"),
+        ("path=/s,fd=3", "one of the two"),
+        ("path=/s,eject_timeout=0", "from 1 to 3600"),
+    ] {
+        let err = assert_rejected(
+            &with_kernel(&s, &["--api-socket", value]),
+            "--api-socket",
+            value,
+        );
+        assert!(err.contains(want), "{err}");
+    }
+}
+
+#[test]
+fn api_socket_over_a_file_stops_before_the_vm_and_keeps_the_file() {
+    let s = Scratch::new();
+    let file = s.path("not-a-socket");
+    fs::write(&file, b"precious").unwrap();
+    let out = with_kernel(&s, &["--api-socket", file.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is not a socket"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // Refused before the kernel was even looked at, and the file is untouched.
+    assert!(!err.contains("kernel"), "{err}");
+    assert_eq!(fs::read(&file).unwrap(), b"precious");
+}
+
+#[test]
+fn remote_without_a_server_says_what_to_check() {
+    let s = Scratch::new();
+    let sock = s.path("nobody.sock");
+    let out = viaduct(["remote", "--api-socket", sock.to_str().unwrap(), "ping"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is viaduct running with --api-socket"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let out = viaduct([
+        "remote",
+        "--api-socket",
+        sock.to_str().unwrap(),
+        "frobnicate",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}

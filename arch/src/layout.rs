@@ -82,6 +82,30 @@ pub const KVM_TSS_START: u64 = 0xF800_0000;
 /// KVM's identity-map page, required by `KVM_SET_IDENTITY_MAP_ADDR` on Intel.
 pub const KVM_IDENTITY_MAP_START: u64 = 0xF800_3000;
 
+/// The platform MMIO area: register blocks of viaduct's own (non-PCI) platform devices that
+/// ACPI describes, the ACPI Generic Event Device and the PCI hotplug controller. It sits in the
+/// free part of the 32-bit hole, above the KVM TSS/identity map and below the IOAPIC, so no PCI
+/// window, ECAM window or interrupt controller can ever cover it. Each device's `_CRS` claims
+/// its block, so the guest allocates nothing over it; it is not RAM and not in the e820 map.
+pub const PLATFORM_MMIO_START: u64 = 0xFE00_0000;
+/// Size of the platform MMIO area (1 MiB: room for more platform devices, page by page).
+pub const PLATFORM_MMIO_SIZE: u64 = 0x10_0000;
+
+/// The ACPI Generic Event Device's event register (`\_SB_.GED_`, ACPI0013): a 32-bit register
+/// whose read returns the pending event flags and clears them. A hardware-reduced platform has
+/// no GPE block and no SCI, so hotplug and power-button events reach the guest through this
+/// device and its interrupt [`ACPI_GED_GSI`]. First page of the platform MMIO area.
+pub const ACPI_GED_MMIO_START: u64 = PLATFORM_MMIO_START;
+/// Size of the GED's register block: the one 4-byte event register.
+pub const ACPI_GED_MMIO_SIZE: u64 = 4;
+
+/// The ACPI PCI hotplug controller's register block (`\_SB_.PHPR`): PCIU, PCID, B0EJ and PSEG,
+/// 4 bytes each, cloud-hypervisor's protocol. Second page of the platform MMIO area, so it never
+/// shares a page with the GED.
+pub const PCI_HOTPLUG_MMIO_START: u64 = PLATFORM_MMIO_START + 0x1000;
+/// Size of the PCI hotplug controller's register block (four 32-bit registers).
+pub const PCI_HOTPLUG_MMIO_SIZE: u64 = 16;
+
 /// The in-kernel IOAPIC's MMIO window.
 pub const IOAPIC_START: u64 = 0xFEC0_0000;
 /// The local APIC's MMIO window (per vCPU, same address).
@@ -106,6 +130,12 @@ pub const ACPI_PM_PORT: u16 = 0x600;
 pub const ACPI_RESET_VALUE: u8 = 0x1;
 /// `SLP_TYP` the DSDT's `_S5_` object gives for soft-off.
 pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
+
+/// The IOAPIC pin (GSI) of the ACPI Generic Event Device's interrupt (edge-triggered,
+/// active-high, exclusive, as its `_CRS` says). A legacy ISA pin that nothing else uses: not
+/// COM1's [`COM1_IRQ`], not one of the PCI INTx pins 16..=23. Below 16, so Linux's default for
+/// an ISA GSI without an interrupt source override (edge, active-high) matches the `_CRS`.
+pub const ACPI_GED_GSI: u32 = 10;
 
 /// First IOAPIC pin (GSI) used for PCI INTx; pins 16..=23 are shared by all PCI slots.
 pub const PCI_INTX_GSI_BASE: u32 = 16;
@@ -329,6 +359,64 @@ mod tests {
                 "port {port:#x}"
             );
         }
+    }
+
+    #[test]
+    fn platform_devices_overlap_nothing_in_the_32bit_hole() {
+        // (name, start, size) of everything in the 32-bit hole. The IOAPIC decodes one page;
+        // the local APIC page sits in the 1 MiB MSI window 0xFEE0_0000..=0xFEEF_FFFF, which is
+        // reserved as a whole.
+        let ranges = [
+            (
+                "32-bit PCI aperture",
+                MEM_32BIT_DEVICES_START,
+                MEM_32BIT_DEVICES_SIZE,
+            ),
+            ("ECAM", PCI_MMCONFIG_START, PCI_MMCONFIG_SIZE),
+            ("KVM TSS", KVM_TSS_START, 0x3000),
+            ("KVM identity map", KVM_IDENTITY_MAP_START, 0x1000),
+            ("GED", ACPI_GED_MMIO_START, ACPI_GED_MMIO_SIZE),
+            ("PCI hotplug", PCI_HOTPLUG_MMIO_START, PCI_HOTPLUG_MMIO_SIZE),
+            ("IOAPIC", IOAPIC_START, 0x1000),
+            ("LAPIC/MSI window", APIC_START, 0x10_0000),
+        ];
+        for (i, &(a, a_start, a_size)) in ranges.iter().enumerate() {
+            assert!(a_size > 0, "{a}");
+            assert!(a_start >= MEM_32BIT_HOLE_START, "{a} below the hole");
+            assert!(
+                a_start + a_size <= FIRST_ADDR_PAST_32BITS,
+                "{a} above 4 GiB"
+            );
+            for &(b, b_start, b_size) in &ranges[i + 1..] {
+                let disjoint = a_start + a_size <= b_start || b_start + b_size <= a_start;
+                assert!(disjoint, "{a} overlaps {b}");
+            }
+        }
+        // Both register blocks live inside the platform MMIO area, each in a page of its own.
+        let area = PLATFORM_MMIO_START..PLATFORM_MMIO_START + PLATFORM_MMIO_SIZE;
+        for (start, size) in [
+            (ACPI_GED_MMIO_START, ACPI_GED_MMIO_SIZE),
+            (PCI_HOTPLUG_MMIO_START, PCI_HOTPLUG_MMIO_SIZE),
+        ] {
+            assert!(area.contains(&start) && area.contains(&(start + size - 1)));
+            assert_eq!(start % 0x1000, 0);
+            assert!(size <= 0x1000);
+        }
+        assert_ne!(ACPI_GED_MMIO_START >> 12, PCI_HOTPLUG_MMIO_START >> 12);
+        // The platform area itself overlaps nothing but its own devices.
+        for &(name, start, size) in &ranges {
+            if name == "GED" || name == "PCI hotplug" {
+                continue;
+            }
+            let disjoint = start + size <= area.start || area.end <= start;
+            assert!(disjoint, "the platform MMIO area overlaps {name}");
+        }
+        // The GED's interrupt: an IOAPIC pin (24 in KVM's in-kernel IOAPIC) nobody else has.
+        const { assert!(ACPI_GED_GSI < 24) };
+        assert_ne!(ACPI_GED_GSI, COM1_IRQ);
+        let intx = PCI_INTX_GSI_BASE..PCI_INTX_GSI_BASE + PCI_INTX_GSI_COUNT;
+        assert!(!intx.contains(&ACPI_GED_GSI));
+        assert!((0..32u8).all(|slot| (0..4u8).all(|pin| pci_intx_gsi(slot, pin) != ACPI_GED_GSI)));
     }
 
     #[test]

@@ -101,7 +101,7 @@ echo "== disk read, $MIB MiB, O_DIRECT, bs=1M, busybox guest, 1 vCPU; $ROUNDS ro
 echo "qemu:    ${QEMU_MBPS:-FAILED} MB/s   ($("$QEMU_BIN" --version | head -n1))"
 if [[ $QEMU_ONLY == 0 ]]; then
 	VIADUCT_MBPS=$(best viaduct)
-	echo "viaduct: ${VIADUCT_MBPS:-FAILED} MB/s   ($PROFILE build, $(git -C "$REPO_DIR" rev-parse --short HEAD))"
+	echo "viaduct: ${VIADUCT_MBPS:-FAILED} MB/s   ($PROFILE build, $(git -C "$REPO_DIR" describe --always --dirty))"
 	if [[ -n $QEMU_MBPS && -n $VIADUCT_MBPS ]]; then
 		echo "ratio viaduct/qemu: $(awk -v a="$VIADUCT_MBPS" -v b="$QEMU_MBPS" 'BEGIN { printf "%.2f", a / b }')"
 	fi

@@ -104,7 +104,7 @@ echo "== passthrough of a ${BAR_GIB} GiB BAR (ivshmem), exec -> guest poweroff -
 printf '%-30s %8s s\n' "viaduct, vfio_p2p_dma=on" "${ON:-FAILED}" "viaduct, vfio_p2p_dma=off" "${OFF:-FAILED}" \
 	"qemu -device vfio-pci" "${QEMU:-FAILED}"
 echo "viaduct's own timing: ${map_time:-none logged}"
-echo "($PROFILE build, $(git -C "$REPO_DIR" rev-parse --short HEAD); $("$QEMU_BIN" --version | head -n1))"
+echo "($PROFILE build, $(git -C "$REPO_DIR" describe --always --dirty); $("$QEMU_BIN" --version | head -n1))"
 if [[ -n $ON && -n $OFF && -n $QEMU ]]; then
 	awk -v on="$ON" -v off="$OFF" -v q="$QEMU" 'BEGIN {
 		printf "cost of the P2P mapping in viaduct (on - off): %.2f s\n", on - off

@@ -26,6 +26,7 @@
 #               viaduct_ivshmem_touch=<N> adds N reads spread over the BAR (GUEST-IVSHMEM-TOUCHED=)
 #   p2p         QEMU's edu device DMAs from the ivshmem device's BAR2 into its buffer and back
 #               to another offset of that BAR (device-to-device DMA; see p2p below)
+#   hotplug     wait for an NVMe to be hot-added, run nvme-io on it, wait for it to be hot-removed
 #   pci-report  nothing more than the PCI report every boot prints
 #   disk-io     virtio block devices (see docs/rig.md, "Disk tests"): writes viaduct_write=<token>
 #               to the first and last sector of viaduct_disk_rw=<vdX> with O_DIRECT and reads it
@@ -397,6 +398,59 @@ p2p() {
 	echo "GUEST-P2P-READBACK=$hex"
 }
 
+# The BDF of the first NVMe controller (class 010802), if there is one.
+nvme_present() {
+	for dev in /sys/bus/pci/devices/*; do
+		[ "$(cat "$dev/class" 2>/dev/null)" = 0x010802 ] && echo "${dev##*/}" && return
+	done
+}
+
+# The hotplug step: waits (up to 120 s) for an NVMe controller to appear without any rescan by
+# hand (GUEST-HOTPLUG-APPEARED=<bdf>), runs nvme-io on it (GUEST-HOTPLUG-IO-DONE=1), then waits
+# (up to 120 s) for it to go away again (GUEST-HOTPLUG-GONE=<bdf>, GUEST-HOTPLUG-LEFT=<devices>).
+# With viaduct_hotplug_eject=self the guest ejects it itself through its slot's power file
+# (GUEST-HOTPLUG-SELF-EJECT=<slot>) instead of waiting for the host to ask.
+hotplug() {
+	waited=0
+	echo "GUEST-HOTPLUG-WAITING=1"
+	while [ -z "$(nvme_present)" ] && [ "$waited" -lt 240 ]; do
+		sleep 0.5
+		waited=$((waited + 1))
+	done
+	bdf=$(nvme_present)
+	if [ -z "$bdf" ]; then
+		echo "GUEST-ERROR=hotplug: no NVMe controller appeared"
+		return 1
+	fi
+	echo "GUEST-HOTPLUG-APPEARED=$bdf"
+	nvme_io
+	echo "GUEST-HOTPLUG-IO-DONE=1"
+	if [ "$(cmdline_value viaduct_hotplug_eject)" = self ]; then
+		# The guest ejects the slot itself, as an administrator would.
+		slot_dir=
+		for s in /sys/bus/pci/slots/*; do
+			[ "$(cat "$s/address" 2>/dev/null)" = "${bdf%.*}" ] && slot_dir=$s
+		done
+		if [ -z "$slot_dir" ]; then
+			echo "GUEST-ERROR=hotplug: no slot in /sys/bus/pci/slots for $bdf"
+		else
+			echo "GUEST-HOTPLUG-SELF-EJECT=${slot_dir##*/}"
+			echo 0 >"$slot_dir/power"
+		fi
+	fi
+	waited=0
+	while [ -e "/sys/bus/pci/devices/$bdf" ] && [ "$waited" -lt 240 ]; do
+		sleep 0.5
+		waited=$((waited + 1))
+	done
+	if [ -e "/sys/bus/pci/devices/$bdf" ]; then
+		echo "GUEST-ERROR=hotplug: $bdf did not go away"
+		return 1
+	fi
+	echo "GUEST-HOTPLUG-GONE=$bdf"
+	echo "GUEST-HOTPLUG-LEFT=$(ls /sys/bus/pci/devices | tr '\n' ',' | sed 's/,$//')"
+}
+
 # GUEST-BLK=<name>,<sectors>,<ro>,<serial> for each virtio block device.
 blk_report() {
 	for dev in /sys/block/vd*; do
@@ -492,6 +546,7 @@ for step in $(echo "$action" | tr ',' ' '); do
 	bar-move) bar_move ;;
 	ivshmem) ivshmem ;;
 	p2p) p2p ;;
+	hotplug) hotplug ;;
 	disk-io) disk_io ;;
 	pci-report) ;;
 	poweroff | reboot | panic | hold) final=$step ;;

@@ -20,7 +20,8 @@
 # stderr, when the rig could not do that.
 #
 # Environment: VIADUCT_RIG_CACHE (cache dir), VIADUCT_RIG_SMP (L2 CPUs, default 1),
-# VIADUCT_RIG_MEM (L2 memory, default 2048M), VIADUCT_RIG_CMDLINE (extra L2 kernel arguments).
+# VIADUCT_RIG_MEM (L2 memory, default 2048M), VIADUCT_RIG_CMDLINE (extra L2 kernel arguments),
+# VIADUCT_RIG_IOMMU (extra intel-iommu properties, e.g. aw-bits=48; the default is 39 bits).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -113,7 +114,7 @@ QEMU=(
 	# The serial port on stdio and no -nographic: SeaBIOS then stays off the serial port, which
 	# keeps its terminal-reset sequences out of the log and off the user's terminal.
 	-display none -vga none -monitor none -serial stdio -no-reboot -nic none
-	-device intel-iommu,intremap=on,caching-mode=on
+	-device "intel-iommu,intremap=on,caching-mode=on${VIADUCT_RIG_IOMMU:+,$VIADUCT_RIG_IOMMU}"
 	-kernel "$KERNEL_DIR/bzImage" -initrd "$WORK/initrd"
 	-append "console=ttyS0 panic=-1 intel_iommu=on iommu=pt quiet ${VIADUCT_RIG_CMDLINE:-}"
 	"${QEMU_EXTRA[@]}"

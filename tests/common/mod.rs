@@ -394,6 +394,12 @@ impl RigHost {
         &self.dir
     }
 
+    /// Gives the rig host `size` of memory (a QEMU `-m` value such as `3072M`) instead of
+    /// the default 2 GiB.
+    pub fn memory(&mut self, size: &str) -> &mut Self {
+        self.qemu_args(["-m".to_string(), size.to_string()])
+    }
+
     /// Adds raw QEMU arguments for L1.
     pub fn qemu_args<I: IntoIterator<Item = S>, S: Into<String>>(&mut self, args: I) -> &mut Self {
         self.qemu_args.extend(args.into_iter().map(Into::into));

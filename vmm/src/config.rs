@@ -39,6 +39,8 @@ pub struct VmConfig {
     pub boot_vcpus: u8,
     /// Guest RAM size in bytes (a multiple of 4 KiB, at least `MIN_MEMORY_BYTES`).
     pub memory_bytes: u64,
+    /// How guest RAM is backed (the other `--memory` keys).
+    pub memory: MemoryBacking,
     /// COM1 wiring.
     pub serial: SerialMode,
     /// virtio console wiring.
@@ -49,6 +51,56 @@ pub struct VmConfig {
     pub devices: Vec<PassthroughDeviceConfig>,
     /// virtio-blk disks (`--disk`), in command-line order (the guest sees them in this order).
     pub disks: Vec<DiskConfig>,
+    /// The control API (`--api-socket`), if any.
+    pub api: Option<ApiConfig>,
+}
+
+/// `--api-socket`: where the control API listens and how long a hot-remove waits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// The socket.
+    pub socket: crate::api::ApiSocket,
+    /// How long `vm.remove-device` waits for the guest to eject the device.
+    pub eject_timeout: std::time::Duration,
+}
+
+/// How long a hot-remove waits for the guest when `eject_timeout` is not given.
+pub const DEFAULT_EJECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How guest RAM is backed: cloud-hypervisor's `--memory` keys other than `size`, with the
+/// same meaning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryBacking {
+    /// `hugepages=on`: guest RAM from the host's hugepage pool.
+    pub hugepages: bool,
+    /// `hugepage_size=`: the hugepage size in bytes; `None` is the host's default.
+    pub hugepage_size: Option<u64>,
+    /// `shared=on`: a shared mapping (of a memfd), e.g. for vhost-user; off is private
+    /// anonymous memory, which VFIO pinning does not copy.
+    pub shared: bool,
+    /// `file=PATH`: RAM is a shared mapping of this file, or of a fresh file in this directory
+    /// (a hugetlbfs mount, say).
+    pub file: Option<PathBuf>,
+    /// `prefault=on`: every page of RAM is populated before the guest starts, in parallel.
+    pub prefault: bool,
+    /// `thp=on|off`: ask for transparent hugepages (`MADV_HUGEPAGE`) or refuse them.
+    pub thp: bool,
+    /// `mergeable=on`: let KSM merge identical pages (`MADV_MERGEABLE`).
+    pub mergeable: bool,
+}
+
+impl Default for MemoryBacking {
+    fn default() -> Self {
+        Self {
+            hugepages: false,
+            hugepage_size: None,
+            shared: false,
+            file: None,
+            prefault: false,
+            thp: true,
+            mergeable: false,
+        }
+    }
 }
 
 /// One `--disk path=…` entry: a raw image (or block device) shown to the guest as virtio-blk.

@@ -4,13 +4,15 @@
 //! `run` reads top to bottom like the boot sequence. Address layout and boot-protocol details
 //! belong to `arch`, device behaviour to `devices`; this crate only puts them together.
 
+pub mod api;
 pub mod config;
 mod console;
+mod control;
 pub mod device_manager;
 mod disks;
 mod interrupts;
 mod legacy;
-mod memory;
+pub mod memory;
 mod passthrough;
 mod signals;
 mod vcpu;
@@ -65,15 +67,9 @@ pub enum Error {
         /// The KVM error.
         source: kvm_ioctls::Error,
     },
-    /// Guest RAM could not be mapped.
-    #[error("cannot map {bytes} bytes of guest memory; try a smaller --memory size")]
-    GuestMemory {
-        /// Requested size.
-        bytes: u64,
-        /// Underlying error.
-        #[source]
-        source: vm_memory::mmap::FromRangesError,
-    },
+    /// Guest RAM could not be set up as `--memory` asks.
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
     /// Loading the kernel or writing boot information failed.
     #[error(transparent)]
     Boot(#[from] arch::boot::BootError),
@@ -105,6 +101,17 @@ pub enum Error {
     /// The ACPI power-management device could not be built.
     #[error("cannot build the ACPI power-management device")]
     AcpiPm(#[source] devices::acpi_pm::AcpiPmError),
+    /// A platform device (GED, hotplug controller) could not be put on the MMIO bus.
+    #[error("cannot place the platform device at {base:#x}")]
+    PlatformDevice {
+        /// Its base address.
+        base: u64,
+        /// The conflict.
+        source: BusError,
+    },
+    /// The control API could not listen.
+    #[error(transparent)]
+    Api(#[from] api::SocketError),
     /// The PCI segments could not be laid out.
     #[error(transparent)]
     PciLayout(#[from] LayoutError),
@@ -173,23 +180,127 @@ const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// The VM's PCI devices: the device manager and the VFIO container. Dropping it tears them down
 /// in the one safe order: every device detached (memory slots, mmaps, interrupts, device fds),
 /// then guest RAM unmapped from the IOMMU and the container closed.
-struct PciDevices {
+pub(crate) struct PciDevices {
     manager: Arc<DeviceManager>,
     passthrough: passthrough::Passthrough,
 }
 
-impl Drop for PciDevices {
-    fn drop(&mut self) {
+impl PciDevices {
+    /// Detaches every device and releases the container (idempotent).
+    fn release(&self) {
         self.manager.detach_all();
         self.passthrough.release();
     }
+}
+
+impl Drop for PciDevices {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// The hotplug side of the platform, present when the VM has a control API: the ACPI GED that
+/// interrupts the guest, the PCI hotplug controller the guest's ACPI code talks to, and what the
+/// guest ejected.
+struct Hotplug {
+    ged: Arc<Mutex<devices::acpi_ged::AcpiGed>>,
+    controller: Arc<Mutex<devices::pci_hotplug::PciHotplugController>>,
+    ejections: Arc<control::Ejections>,
+    /// The API's control, once it exists (the eject callback reaches it through this).
+    control: Arc<std::sync::OnceLock<std::sync::Weak<control::VmControl>>>,
+}
+
+/// Puts the GED (interrupting on `ACPI_GED_GSI`) and the PCI hotplug controller on the MMIO
+/// bus.
+fn create_hotplug(vm: &kvm_ioctls::VmFd, mmio: &Bus, segments: u16) -> Result<Hotplug, Error> {
+    use arch::layout;
+    let irq = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
+        .map_err(Error::EventFd)?;
+    vm.register_irqfd(&irq, layout::ACPI_GED_GSI)
+        .map_err(|e| Error::Kvm("KVM_IRQFD (ACPI GED)", e))?;
+    let ged = Arc::new(Mutex::new(devices::acpi_ged::AcpiGed::new(irq)));
+    let ejections = Arc::new(control::Ejections::default());
+    let control: Arc<std::sync::OnceLock<std::sync::Weak<control::VmControl>>> =
+        Arc::new(std::sync::OnceLock::new());
+    let (seen, reach) = (ejections.clone(), control.clone());
+    let controller = Arc::new(Mutex::new(devices::pci_hotplug::PciHotplugController::new(
+        segments,
+        Box::new(move |segment, slot| {
+            // On a vCPU thread: record and wake; the detach happens elsewhere.
+            seen.record(segment, slot);
+            if let Some(c) = reach.get().and_then(std::sync::Weak::upgrade) {
+                c.ejected_by_guest(segment, slot);
+            }
+        }),
+    )));
+    let place = |dev: Arc<Mutex<dyn devices::bus::BusDevice>>, base: u64, len: u64| {
+        mmio.insert(dev, base, len)
+            .map_err(|source| Error::PlatformDevice { base, source })
+    };
+    place(
+        ged.clone(),
+        layout::ACPI_GED_MMIO_START,
+        layout::ACPI_GED_MMIO_SIZE,
+    )?;
+    place(
+        controller.clone(),
+        layout::PCI_HOTPLUG_MMIO_START,
+        layout::PCI_HOTPLUG_MMIO_SIZE,
+    )?;
+    Ok(Hotplug {
+        ged,
+        controller,
+        ejections,
+        control,
+    })
 }
 
 /// Boots the VM described by `config` and runs it until it stops.
 pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     // Guest memory is declared first so that it is dropped last, after the VM, its vCPUs and
     // every device (and the VFIO container that pins it) are gone.
-    let mem = memory::create_guest_memory(config.memory_bytes)?;
+    let started = Instant::now();
+    // The API socket first: a path that cannot be used stops viaduct before anything is built.
+    let mut api_listener = match &config.api {
+        Some(api) => Some(api::ApiListener::open(&api.socket)?),
+        None => None,
+    };
+    let ram = memory::create_guest_memory(config.memory_bytes, &config.memory)?;
+    info!(
+        "guest RAM: {} MiB of {}{} memory, mapped in {:?}",
+        config.memory_bytes >> 20,
+        if ram.hugetlb {
+            format!("{} MiB hugepage", ram.page_size >> 20)
+        } else {
+            "ordinary".to_string()
+        },
+        if config.memory.shared {
+            ", shared"
+        } else {
+            ", private"
+        },
+        started.elapsed()
+    );
+    if config.memory.prefault {
+        let stats = memory::prefault(&ram.mem, ram.page_size, ram.hugetlb)?;
+        let (rss, hugetlb) = memory::resident_bytes();
+        info!(
+            "guest RAM prefaulted: {} MiB in {:?} with {} thread(s){}; VmRSS {} MiB, \
+             HugetlbPages {} MiB, before the guest's first instruction",
+            stats.bytes >> 20,
+            stats.elapsed,
+            stats.threads,
+            if stats.touched {
+                " (touching each page: no MADV_POPULATE_WRITE)"
+            } else {
+                ""
+            },
+            rss >> 20,
+            hugetlb >> 20
+        );
+    }
+    // `ram` itself stays alive to the end (it owns the host mappings behind `mem`).
+    let mem = ram.mem.clone();
     let kvm = vm::open_kvm()?;
     let vm = Arc::new(vm::create_vm(&kvm)?);
     memory::register_memory(&vm, &mem)?;
@@ -267,9 +378,13 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
         pio.clone(),
         mem.num_regions() as u32,
     )?;
-    let pci_devices = PciDevices {
+    let pci_devices = Arc::new(PciDevices {
         passthrough,
         manager,
+    });
+    let hotplug = match &config.api {
+        Some(_) => Some(create_hotplug(&vm, &mmio, plan.segments.len() as u16)?),
+        None => None,
     };
     let dma_mem = Arc::new(mem.clone());
     for disk in &config.disks {
@@ -280,12 +395,16 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
             .passthrough
             .attach_opened(&pci_devices.manager, device)?;
     }
+    if !config.devices.is_empty() || !config.disks.is_empty() {
+        info!("PCI devices attached, {:?} after start", started.elapsed());
+    }
 
     let mut acpi = arch::acpi::AcpiConfig::new(config.boot_vcpus);
     acpi.serial = config.serial != config::SerialMode::Off;
     acpi.pvpanic = true;
     let roots: Vec<_> = plan.segments.iter().map(|s| s.acpi_root()).collect();
     acpi.add_pci_roots(&roots);
+    acpi.hotplug = hotplug.is_some();
     let rsdp = arch::acpi::create_acpi_tables(&mem, &acpi)?;
 
     let entry = arch::boot::configure_boot(
@@ -299,8 +418,10 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
         },
     )?;
     info!(
-        "entering the kernel at {:#x} in {:?} mode",
-        entry.rip.0, entry.mode
+        "entering the kernel at {:#x} in {:?} mode, {:?} after start",
+        entry.rip.0,
+        entry.mode,
+        started.elapsed()
     );
 
     let mut vcpus = Vec::with_capacity(usize::from(config.boot_vcpus));
@@ -314,6 +435,29 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
             &mem,
             boot_entry,
         )?);
+    }
+
+    // The control API, on threads of its own, started before the vCPUs so that nothing runs
+    // yet if it cannot start; stopped (and its socket removed) before the devices are released.
+    let mut api = None;
+    if let (Some(api_config), Some(h)) = (&config.api, &hotplug) {
+        let control = Arc::new(control::VmControl::new(
+            config.clone(),
+            pci_devices.clone(),
+            exit.clone(),
+            h.ged.clone(),
+            h.controller.clone(),
+            h.ejections.clone(),
+            api_config.eject_timeout,
+        ));
+        let _ = h.control.set(Arc::downgrade(&control));
+        api = Some((
+            api::ApiServer::serve(
+                api_listener.take().expect("opened with the API config"),
+                control.clone(),
+            )?,
+            control,
+        ));
     }
 
     signals::install(&exit)?;
@@ -334,12 +478,31 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
         threads.push(handle);
     }
 
+    let guest_started = Instant::now();
     let loop_result = event_loop(&exit, legacy.com1, config.serial == config::SerialMode::Tty);
+    let guest_ran = guest_started.elapsed();
     if loop_result.is_err() {
         exit.notify(ExitReason::Failure);
     }
     let failure = stop_vcpus(&stop, threads);
     info!("viaduct vCPU exits: {stats}");
+    let teardown = Instant::now();
+    // Stop the API first (no request may start on a VM being torn down), detach every device
+    // (closing their VFIO fds), and only then drop the control, which gives back the devices it
+    // bound with managed=on.
+    let control = api.map(|(mut server, control)| {
+        server.stop();
+        control
+    });
+    pci_devices.release();
+    drop(control);
+    drop(hotplug);
+    drop(pci_devices);
+    info!(
+        "the guest ran for {guest_ran:?}; devices released in {:?}; {:?} since start",
+        teardown.elapsed(),
+        started.elapsed()
+    );
     loop_result?;
 
     if let Some(name) = signals::received() {

@@ -138,9 +138,10 @@ impl Passthrough {
             state.ram_mapped = true;
             let gib = stats.bytes as f64 / (1u64 << 30) as f64;
             info!(
-                "DMA-mapped {gib:.2} GiB of guest RAM in {:?} ({:.1} ms per GiB)",
+                "DMA-mapped {gib:.2} GiB of guest RAM in {:?} ({:.1} ms per GiB); {}",
                 stats.elapsed,
-                stats.per_gib().as_secs_f64() * 1000.0
+                stats.per_gib().as_secs_f64() * 1000.0,
+                crate::memory::huge_backing_summary()
             );
         }
         let bars = vfio_dev::device::probe_bars(&id, device.device.as_ref())
@@ -160,6 +161,21 @@ impl Passthrough {
         }
         let host = self.state().host.clone()?;
         host.iommu_info().iova_ranges
+    }
+
+    /// Opens and attaches the device of `cfg` (hot-plug: the windows are already laid out).
+    pub fn attach(
+        &self,
+        manager: &DeviceManager,
+        cfg: &PassthroughDeviceConfig,
+    ) -> Result<AttachedInfo, AttachError> {
+        let opened = self.open(cfg)?;
+        self.attach_opened(manager, opened)
+    }
+
+    /// Forgets device `id` after the device manager detached it.
+    pub fn forget(&self, id: &str) {
+        self.state().attached.retain(|a| a != id);
     }
 
     /// Attaches a device [`Passthrough::open`] opened.

@@ -1,5 +1,7 @@
-//! The DSDT: `\_S5_` (soft-off), `\_SB_.COM1` and the pvpanic device `\_SB_.PEVT`, followed
-//! by the caller's extra AML ([`AcpiConfig::extra_dsdt_aml`], e.g. PCI host bridges).
+//! The DSDT: `\_S5_` (soft-off), `\_SB_.COM1` and the pvpanic device `\_SB_.PEVT`; with
+//! [`AcpiConfig::hotplug`], the power button, the PCI hotplug controller and the Generic Event
+//! Device; the PCI host bridges ([`AcpiConfig::pci_roots`]); then the caller's extra AML
+//! ([`AcpiConfig::extra_dsdt_aml`]).
 //!
 //! No processor objects (`\_SB_.CPUx`, ACPI0007) are emitted: Linux brings up secondary CPUs
 //! from the MADT alone; processor objects would only feed ACPI cpuidle/cpufreq.
@@ -90,6 +92,10 @@ pub(super) fn create_dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     if cfg.pvpanic {
         pvpanic_aml(&mut aml);
     }
+    if cfg.hotplug {
+        super::hotplug::platform_aml(&cfg.pci_roots, &mut aml);
+    }
+    super::pci_roots::pci_roots_aml(&cfg.pci_roots, cfg.hotplug, &mut aml);
     aml.extend_from_slice(&cfg.extra_dsdt_aml);
 
     let mut dsdt = Sdt::new(

@@ -7,15 +7,19 @@
 //! returned RSDP address to the kernel (`boot_params.acpi_rsdp_addr` or PVH `rsdp_paddr`).
 //!
 //! The platform is hardware-reduced ACPI: no PM1/GPE blocks, no SCI; poweroff and reboot go
-//! through the FADT sleep-control and reset registers at [`layout::ACPI_PM_PORT`].
+//! through the FADT sleep-control and reset registers at [`layout::ACPI_PM_PORT`]. Events the
+//! platform raises (PCI hotplug, the power button) go through an ACPI Generic Event Device,
+//! described when [`AcpiConfig::hotplug`] is set.
 
 mod dsdt;
 mod fadt;
+mod hotplug;
 mod madt;
 mod mcfg;
 mod pci_roots;
 
-pub use pci_roots::PciRootDescription;
+pub use hotplug::slot_name;
+pub use pci_roots::{root_path, PciRootDescription};
 #[cfg(test)]
 mod tests;
 
@@ -64,20 +68,34 @@ pub struct AcpiConfig {
     pub pvpanic: bool,
     /// PCI ECAM windows; an MCFG is emitted only when this is non-empty.
     pub ecam_windows: Vec<EcamWindow>,
-    /// Serialised AML appended at the root scope of the DSDT, after the built-in objects (e.g.
-    /// PNP0A08 host bridges). Objects must use absolute names (`\_SB_.PC00`) or wrap
-    /// themselves in `Scope(\_SB_)`. Use [`AcpiConfig::add_dsdt_aml`] to append.
+    /// PCI roots, each a PNP0A08 host bridge `\_SB_.PCxx` in the DSDT (followed by the
+    /// PNP0C02 device reserving their ECAM windows). Use [`AcpiConfig::add_pci_roots`], which
+    /// also lists their ECAM windows for the MCFG.
+    pub pci_roots: Vec<PciRootDescription>,
+    /// Describe ACPI PCI hotplug and the power button: the Generic Event Device
+    /// `\_SB_.GED_` (interrupt [`layout::ACPI_GED_GSI`], event register at
+    /// [`layout::ACPI_GED_MMIO_START`]), the power button `\_SB_.PWRB`, the hotplug controller
+    /// `\_SB_.PHPR` (registers at [`layout::PCI_HOTPLUG_MMIO_START`]) and, in every root of
+    /// [`AcpiConfig::pci_roots`], ejectable slot objects `S001`…`S031`. Off by default; when
+    /// off, none of these objects exist.
+    pub hotplug: bool,
+    /// Serialised AML appended at the root scope of the DSDT, after the built-in objects and
+    /// the PCI roots. Objects must use absolute names (`\_SB_.XXXX`) or wrap themselves in
+    /// `Scope(\_SB_)`. Use [`AcpiConfig::add_dsdt_aml`] to append.
     pub extra_dsdt_aml: Vec<u8>,
 }
 
 impl AcpiConfig {
-    /// A configuration for `num_cpus` vCPUs with COM1 and pvpanic, no PCI, no extra AML.
+    /// A configuration for `num_cpus` vCPUs with COM1 and pvpanic, no PCI, no hotplug, no
+    /// extra AML.
     pub fn new(num_cpus: u8) -> Self {
         AcpiConfig {
             num_cpus,
             serial: true,
             pvpanic: true,
             ecam_windows: Vec::new(),
+            pci_roots: Vec::new(),
+            hotplug: false,
             extra_dsdt_aml: Vec::new(),
         }
     }

@@ -3,6 +3,10 @@
 //! range, I/O window and 32-/64-bit MMIO windows), and a PNP0C02 motherboard device reserving
 //! the ECAM windows, as Linux expects for MMCONFIG. The ECAM windows are deliberately not in the
 //! host bridges' `_CRS`: Linux would take them for bus windows and could place BARs there.
+//!
+//! With hotplug on ([`AcpiConfig::hotplug`]) each host bridge also holds the slot objects and
+//! methods of ACPI PCI hotplug (`super::hotplug::slots_aml`); without it, the host bridges are
+//! exactly what they were before hotplug existed.
 
 use acpi_tables::aml::{
     AddressSpace, AddressSpaceCacheable, Device, EISAName, Memory32Fixed, Name, Package, Path,
@@ -56,8 +60,9 @@ fn prt_entries() -> Vec<(u32, u8, u32)> {
         .collect()
 }
 
-/// Serialises the host bridge device for `root`.
-pub fn pci_root_aml(root: &PciRootDescription, sink: &mut Vec<u8>) {
+/// Serialises the host bridge device for `root`; with `hotplug`, its slot devices
+/// `S001`…`S031` and the `DVNT`/`PCNT` methods too.
+pub fn pci_root_aml(root: &PciRootDescription, hotplug: bool, sink: &mut Vec<u8>) {
     let bus = AddressSpace::<u16>::new_bus_number(0, ((root.ecam_size >> 20).max(1) - 1) as u16);
     let cfg_ports = IO::new(PCI_CONFIG_PORT, PCI_CONFIG_PORT, 1, PCI_CONFIG_PORT_LEN);
     let io = root
@@ -99,21 +104,31 @@ pub fn pci_root_aml(root: &PciRootDescription, sink: &mut Vec<u8>) {
         .map(|(address, pin, gsi)| Package::new(vec![address, pin, &zero, gsi]))
         .collect();
     let prt = Package::new(prt_rows.iter().map(|p| p as &dyn Aml).collect());
-    Device::new(
-        Path::new(&root_path(root.segment)),
-        vec![
-            &Name::new(Path::new("_HID"), &hid),
-            &Name::new(Path::new("_CID"), &cid),
-            &Name::new(Path::new("_ADR"), &adr),
-            &Name::new(Path::new("_SEG"), &seg),
-            &Name::new(Path::new("_UID"), &seg),
-            &Name::new(Path::new("_BBN"), &bbn),
-            &Name::new(Path::new("_CCA"), &cca),
-            &Name::new(Path::new("_CRS"), &crs),
-            &Name::new(Path::new("_PRT"), &prt),
-        ],
-    )
-    .to_aml_bytes(sink);
+    let hid = Name::new(Path::new("_HID"), &hid);
+    let cid = Name::new(Path::new("_CID"), &cid);
+    let adr = Name::new(Path::new("_ADR"), &adr);
+    let seg_name = Name::new(Path::new("_SEG"), &seg);
+    let uid = Name::new(Path::new("_UID"), &seg);
+    let bbn = Name::new(Path::new("_BBN"), &bbn);
+    let cca = Name::new(Path::new("_CCA"), &cca);
+    let crs = Name::new(Path::new("_CRS"), &crs);
+    let prt = Name::new(Path::new("_PRT"), &prt);
+    let mut children: Vec<&dyn Aml> =
+        vec![&hid, &cid, &adr, &seg_name, &uid, &bbn, &cca, &crs, &prt];
+    let slots = hotplug.then(|| RawAml(super::hotplug::slots_aml(root.segment)));
+    if let Some(slots) = &slots {
+        children.push(slots);
+    }
+    Device::new(Path::new(&root_path(root.segment)), children).to_aml_bytes(sink);
+}
+
+/// AML already serialised, emitted as is (a list of objects inside a device).
+struct RawAml(Vec<u8>);
+
+impl Aml for RawAml {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        sink.vec(&self.0);
+    }
 }
 
 /// Serialises `\_SB_.MBRD` (PNP0C02) reserving every ECAM window, so the OS trusts MCFG.
@@ -137,14 +152,23 @@ pub fn ecam_reservation_aml(roots: &[PciRootDescription], sink: &mut Vec<u8>) {
     .to_aml_bytes(sink);
 }
 
+/// Serialises every root of `roots` and the ECAM reservation (nothing for no roots).
+pub(super) fn pci_roots_aml(roots: &[PciRootDescription], hotplug: bool, sink: &mut Vec<u8>) {
+    if roots.is_empty() {
+        return;
+    }
+    for root in roots {
+        pci_root_aml(root, hotplug, sink);
+    }
+    ecam_reservation_aml(roots, sink);
+}
+
 impl AcpiConfig {
-    /// Describes `roots` in the DSDT (host bridges + ECAM reservation) and the MCFG.
+    /// Describes `roots` in the DSDT (host bridges + ECAM reservation) and the MCFG. The AML is
+    /// built with the tables, so [`AcpiConfig::hotplug`] may be set before or after this.
     pub fn add_pci_roots(&mut self, roots: &[PciRootDescription]) {
-        if roots.is_empty() {
-            return;
-        }
         for root in roots {
-            pci_root_aml(root, &mut self.extra_dsdt_aml);
+            self.pci_roots.push(*root);
             self.ecam_windows.push(EcamWindow {
                 base: root.ecam_base,
                 segment: root.segment,
@@ -152,7 +176,6 @@ impl AcpiConfig {
                 end_bus: ((root.ecam_size >> 20).max(1) - 1) as u8,
             });
         }
-        ecam_reservation_aml(roots, &mut self.extra_dsdt_aml);
     }
 }
 
@@ -185,7 +208,7 @@ mod tests {
     #[test]
     fn host_bridge_carries_segment_and_windows() {
         let mut aml = Vec::new();
-        pci_root_aml(&root(5), &mut aml);
+        pci_root_aml(&root(5), false, &mut aml);
         assert!(find(&aml, b"PC05").is_some());
         // _SEG and _UID are the segment number (a ByteConst 5: 0x0A 0x05).
         let seg = find(&aml, b"_SEG").unwrap();
@@ -204,7 +227,7 @@ mod tests {
         // Only segment 0 claims the 0xCF8 ports (IO descriptor 0x47, min 0x0CF8).
         assert!(find(&aml, &[0x47, 0x01, 0xF8, 0x0C]).is_none());
         let mut aml0 = Vec::new();
-        pci_root_aml(&root(0), &mut aml0);
+        pci_root_aml(&root(0), false, &mut aml0);
         assert!(find(&aml0, &[0x47, 0x01, 0xF8, 0x0C]).is_some());
     }
 
@@ -216,7 +239,7 @@ mod tests {
         assert_eq!(prt[3 * 4 + 1], (0x0003_ffff, 1, 20));
         assert!(prt.iter().all(|&(_, _, gsi)| (16..24).contains(&gsi)));
         let mut aml = Vec::new();
-        pci_root_aml(&root(0), &mut aml);
+        pci_root_aml(&root(0), false, &mut aml);
         assert!(find(&aml, b"_PRT").is_some());
     }
 
@@ -225,7 +248,7 @@ mod tests {
         // Memory32Fixed descriptor (0x86, length 9) at the ECAM base.
         let ecam_desc = [0x86, 0x09, 0x00, 0x00, 0x00, 0x00, 0x10, 0xE8];
         let mut bridge = Vec::new();
-        pci_root_aml(&root(1), &mut bridge);
+        pci_root_aml(&root(1), false, &mut bridge);
         assert!(find(&bridge, &ecam_desc[..2]).is_none());
         let mut mbrd = Vec::new();
         ecam_reservation_aml(&[root(1)], &mut mbrd);
@@ -242,8 +265,11 @@ mod tests {
             (cfg.ecam_windows[2].start_bus, cfg.ecam_windows[2].end_bus),
             (0, 0)
         );
-        assert!(find(&cfg.extra_dsdt_aml, b"MBRD").is_some());
-        assert!(find(&cfg.extra_dsdt_aml, b"PC02").is_some());
+        assert_eq!(cfg.pci_roots.len(), 3);
+        assert!(cfg.extra_dsdt_aml.is_empty(), "roots are not extra AML");
+        let dsdt = crate::acpi::dsdt::create_dsdt(&cfg);
+        assert!(find(&dsdt, b"MBRD").is_some());
+        assert!(find(&dsdt, b"PC02").is_some());
     }
 
     #[test]

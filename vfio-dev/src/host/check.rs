@@ -128,6 +128,8 @@ pub struct Request<'a> {
     pub devices: &'a [String],
     /// Guest RAM in bytes.
     pub memory: u64,
+    /// The hugepage size guest RAM would come from (`None`: ordinary memory).
+    pub hugepages: Option<u64>,
     /// RLIMIT_MEMLOCK to judge.
     pub memlock: Memlock,
 }
@@ -457,6 +459,40 @@ fn check_memlock(paths: &HostPaths, memory: u64, limits: Memlock, r: &mut Report
     }
 }
 
+/// Whether the host can hold guest RAM of `memory` bytes, from its hugepage pool when
+/// `hugepages` gives a page size.
+fn check_guest_ram(paths: &HostPaths, memory: u64, hugepages: Option<u64>, r: &mut Report) {
+    use super::memory::{check_guest_ram, hugepage_pools, mem_total};
+    let pools = hugepage_pools(paths);
+    match (
+        check_guest_ram(memory, hugepages, mem_total(paths), &pools),
+        hugepages,
+    ) {
+        (Ok(Some(pool)), Some(page)) => r.push(
+            Status::Ok,
+            "hugepages",
+            format!(
+                "{} of guest RAM needs {} hugepages of {}; {} of the pool's {} are available",
+                human(memory),
+                memory.div_ceil(page),
+                human(page),
+                pool.available(),
+                pool.total
+            ),
+        ),
+        (Ok(_), _) => r.push(
+            Status::Ok,
+            "guest RAM",
+            match mem_total(paths) {
+                Some(total) => format!("{} of the host's {}", human(memory), human(total)),
+                None => format!("{} (the host's MemTotal is unknown)", human(memory)),
+            },
+        ),
+        (Err(e), Some(_)) => r.push(Status::Fail, "hugepages", e.to_string()),
+        (Err(e), None) => r.push(Status::Fail, "guest RAM", e.to_string()),
+    }
+}
+
 /// Runs every check.
 pub fn run(paths: &HostPaths, request: &Request<'_>) -> Report {
     let mut r = Report::default();
@@ -467,6 +503,7 @@ pub fn run(paths: &HostPaths, request: &Request<'_>) -> Report {
     for d in request.devices {
         check_device(paths, d, &mut r);
     }
+    check_guest_ram(paths, request.memory, request.hugepages, &mut r);
     check_memlock(paths, request.memory, request.memlock, &mut r);
     r
 }

@@ -10,6 +10,7 @@ fn request(devices: &[String], memory: u64, memlock: Memlock) -> Request<'_> {
     Request {
         devices,
         memory,
+        hugepages: None,
         memlock,
     }
 }
@@ -43,12 +44,19 @@ fn ready_host_passes_line_by_line() {
             (Status::Ok, "vfio modules"),
             (Status::Ok, "interrupt remapping"),
             (Status::Ok, "0000:00:10.0"),
+            (Status::Ok, "guest RAM"),
             (Status::Ok, "locked memory"),
         ],
         "{}",
         r.render()
     );
     assert!(r.ready());
+    assert!(
+        r.render()
+            .contains("ok    guest RAM: 512 MiB of the host's 15.6 GiB"),
+        "{}",
+        r.render()
+    );
     let text = r.render();
     assert!(
         text.contains(
@@ -223,4 +231,36 @@ fn memlock_against_requested_memory() {
         "{l:?}"
     );
     assert_eq!(line(UNLIMITED, 4 << 30).status, Status::Ok);
+}
+
+#[test]
+fn hugepages_are_counted_against_the_pool() {
+    let f = ready();
+    let devices = [];
+    let mut req = request(&devices, 1 << 30, UNLIMITED);
+    req.hugepages = Some(2 << 20);
+    let r = run(&f.paths, &req);
+    let text = r.render();
+    assert!(
+        text.contains(
+            "ok    hugepages: 1 GiB of guest RAM needs 512 hugepages of 2 MiB; 1024 of the pool's \
+             1024 are available"
+        ),
+        "{text}"
+    );
+    // Too few free: a failure with the numbers and the remedy.
+    f.hugepages(2048, 1024, 100);
+    let r = run(&f.paths, &req);
+    let text = r.render();
+    assert!(!r.ready());
+    assert!(
+        text.contains("FAIL  hugepages: --memory size=1 GiB with 2 MiB hugepages needs 512 free")
+            && text.contains("only 100 (100 free"),
+        "{text}"
+    );
+    // More RAM than the host has.
+    let r = run(&f.paths, &request(&devices, 64 << 30, UNLIMITED));
+    assert!(r
+        .render()
+        .contains("FAIL  guest RAM: --memory size=64 GiB is more than"));
 }

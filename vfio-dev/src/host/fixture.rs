@@ -178,6 +178,22 @@ impl Fixture {
             &self.paths.proc.join("self/status"),
             "Name:\tviaduct\nCapEff:\t000001ffffffffff\n",
         );
+        touch(
+            &self.paths.proc.join("meminfo"),
+            "MemTotal:       16384000 kB\nHugepagesize:       2048 kB\n",
+        );
+        self.hugepages(2048, 1024, 1024);
+    }
+
+    /// A hugepage pool of `kib`-KiB pages with `total` pages, `free` of them free.
+    pub(crate) fn hugepages(&self, kib: u64, total: u64, free: u64) {
+        let dir = self
+            .paths
+            .sys
+            .join(format!("kernel/mm/hugepages/hugepages-{kib}kB"));
+        touch(&dir.join("nr_hugepages"), &format!("{total}\n"));
+        touch(&dir.join("free_hugepages"), &format!("{free}\n"));
+        touch(&dir.join("resv_hugepages"), "0\n");
     }
 
     /// Creates `/dev/vfio/<group>`.

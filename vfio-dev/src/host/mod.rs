@@ -17,6 +17,7 @@ pub(crate) mod fixture;
 pub mod inventory;
 pub mod managed;
 pub mod mdev;
+pub mod memory;
 pub mod rootdisk;
 pub mod sriov;
 pub mod state;

@@ -1,7 +1,8 @@
 //! A tiny AML decoder for the tests: enough of the grammar to read back what the DSDT builder
-//! emits (`Name`, `Scope`, `Device`, integers, strings, buffers, packages) and the resource
-//! descriptors in `_CRS` buffers. Anything else is reported as an error, so a test fails loudly
-//! if the DSDT contains something unexpected or malformed.
+//! emits (`Name`, `Scope`, `Device`, `Method`, `Mutex`, `OperationRegion`, `Field`, integers,
+//! strings, buffers, packages) and the resource descriptors in `_CRS` buffers. Method bodies
+//! are kept as bytes, not decoded. Anything else is reported as an error, so a test fails
+//! loudly if the DSDT contains something unexpected or malformed.
 
 use std::collections::BTreeMap;
 
@@ -14,12 +15,57 @@ pub enum Obj {
     Pkg(Vec<Obj>),
 }
 
+/// A control method: its argument count, whether it is serialized, and its body (undecoded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Method {
+    pub args: u8,
+    pub serialized: bool,
+    pub body: Vec<u8>,
+}
+
+/// An operation region: address space, offset and length.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub space: u8,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// A named field unit: its region, the field's flags byte, bit offset and bit width.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldUnit {
+    pub region: String,
+    pub flags: u8,
+    pub bit_offset: usize,
+    pub bits: usize,
+}
+
 /// The namespace built by a definition block: named objects and devices, by absolute path
 /// (`\_SB_.COM1._HID`).
 #[derive(Debug, Default)]
 pub struct Namespace {
     pub names: BTreeMap<String, Obj>,
     pub devices: Vec<String>,
+    pub methods: BTreeMap<String, Method>,
+    /// Mutexes and their sync levels.
+    pub mutexes: BTreeMap<String, u8>,
+    pub regions: BTreeMap<String, Region>,
+    pub fields: BTreeMap<String, FieldUnit>,
+}
+
+impl Namespace {
+    /// Every absolute path declared (names, devices, methods, mutexes, regions, fields).
+    pub fn paths(&self) -> Vec<&str> {
+        self.names
+            .keys()
+            .chain(&self.devices)
+            .chain(self.methods.keys())
+            .chain(self.mutexes.keys())
+            .chain(self.regions.keys())
+            .chain(self.fields.keys())
+            .map(String::as_str)
+            .collect()
+    }
 }
 
 struct Reader<'a> {
@@ -43,6 +89,21 @@ impl<'a> Reader<'a> {
             v |= u64::from(self.byte()?) << (8 * i);
         }
         Ok(v)
+    }
+
+    /// Reads a PkgLength and returns the length it encodes (including its own bytes).
+    fn pkg_len(&mut self) -> Result<usize, String> {
+        let lead = self.byte()?;
+        let follow = usize::from(lead >> 6);
+        let mut len = if follow == 0 {
+            usize::from(lead & 0x3f)
+        } else {
+            usize::from(lead & 0x0f)
+        };
+        for i in 0..follow {
+            len |= usize::from(self.byte()?) << (4 + 8 * i);
+        }
+        Ok(len)
     }
 
     /// Reads a PkgLength and returns the absolute end offset it designates.
@@ -167,10 +228,88 @@ impl<'a> Reader<'a> {
         })
     }
 
+    fn integer(&mut self) -> Result<u64, String> {
+        let at = self.pos;
+        match self.data_object()? {
+            Obj::Int(v) => Ok(v),
+            other => Err(format!("expected an integer at {at:#x}, got {other:?}")),
+        }
+    }
+
+    fn declare<T>(map: &mut BTreeMap<String, T>, name: String, v: T) -> Result<(), String> {
+        if map.insert(name.clone(), v).is_some() {
+            return Err(format!("{name} declared twice"));
+        }
+        Ok(())
+    }
+
+    fn field_list(&mut self, end: usize, scope: &str, ns: &mut Namespace) -> Result<(), String> {
+        let region = self.name_string(scope)?;
+        let flags = self.byte()?;
+        let mut bit_offset = 0;
+        while self.pos < end {
+            if self.data.get(self.pos) == Some(&0x00) {
+                self.pos += 1;
+                bit_offset += self.pkg_len()?;
+                continue;
+            }
+            let seg = self.name_seg()?;
+            let name = if scope == "\\" {
+                format!("\\{seg}")
+            } else {
+                format!("{scope}.{seg}")
+            };
+            let bits = self.pkg_len()?;
+            let unit = FieldUnit {
+                region: region.clone(),
+                flags,
+                bit_offset,
+                bits,
+            };
+            Self::declare(&mut ns.fields, name, unit)?;
+            bit_offset += bits;
+        }
+        if self.pos != end {
+            return Err(format!("field list overran its end {end:#x}"));
+        }
+        Ok(())
+    }
+
     fn term_list(&mut self, end: usize, scope: &str, ns: &mut Namespace) -> Result<(), String> {
         while self.pos < end {
             let at = self.pos;
             match self.byte()? {
+                0x14 => {
+                    let end = self.pkg_end()?;
+                    let name = self.name_string(scope)?;
+                    let flags = self.byte()?;
+                    let method = Method {
+                        args: flags & 7,
+                        serialized: flags & 8 != 0,
+                        body: self.data[self.pos..end].to_vec(),
+                    };
+                    self.pos = end;
+                    Self::declare(&mut ns.methods, name, method)?;
+                }
+                0x5b if self.data.get(self.pos) == Some(&0x01) => {
+                    self.pos += 1;
+                    let name = self.name_string(scope)?;
+                    let level = self.byte()?;
+                    Self::declare(&mut ns.mutexes, name, level)?;
+                }
+                0x5b if self.data.get(self.pos) == Some(&0x80) => {
+                    self.pos += 1;
+                    let name = self.name_string(scope)?;
+                    let space = self.byte()?;
+                    let offset = self.integer()?;
+                    let len = self.integer()?;
+                    Self::declare(&mut ns.regions, name, Region { space, offset, len })?;
+                }
+                0x5b if self.data.get(self.pos) == Some(&0x81) => {
+                    self.pos += 1;
+                    let end = self.pkg_end()?;
+                    self.field_list(end, scope, ns)?;
+                }
                 0x08 => {
                     let name = self.name_string(scope)?;
                     let obj = self.data_object()?;
@@ -221,6 +360,8 @@ pub enum Resource {
     },
     /// Extended interrupt descriptor.
     Irq { flags: u8, irqs: Vec<u32> },
+    /// 32-bit fixed memory range descriptor.
+    Memory32Fixed { writable: bool, base: u32, len: u32 },
 }
 
 /// Decodes a `_CRS` resource template buffer; checks it ends with an end tag.
@@ -260,6 +401,11 @@ pub fn resources(buf: &[u8]) -> Result<Vec<Resource>, String> {
                         .collect::<Result<_, _>>()?;
                     out.push(Resource::Irq { flags, irqs });
                 }
+                0x86 => out.push(Resource::Memory32Fixed {
+                    writable: r.byte()? & 1 == 1,
+                    base: r.le(4)? as u32,
+                    len: r.le(4)? as u32,
+                }),
                 _ => return Err(format!("unsupported large descriptor {tag:#x}")),
             }
             if r.pos != start + len {

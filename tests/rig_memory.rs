@@ -1,0 +1,146 @@
+//! Guest memory backings in the nested rig: hugepage-backed RAM with a passed-through NVMe (the
+//! rig host's hugepage pool gives exactly the guest's pages while it runs and gets them back),
+//! a refused start when the pool is too small, and prefaulted RAM that is resident before the
+//! guest's first instruction.
+
+mod common;
+
+use common::{device_path, marker_token, vfio_bind, viaduct_command, RigHost, RigRun, SLOT_NVME_A};
+
+fn guest_args(marker: &str, action: &str, more: &str) -> String {
+    format!(
+        "--kernel /guest/bzImage --initramfs /guest/initramfs.cpio.gz \
+         --cmdline \"console=ttyS0 quiet viaduct_marker={marker} viaduct_action={action}\" \
+         --cpus boot=1 --serial tty --console off {more}"
+    )
+}
+
+/// `HugePages_Free` of the rig host's /proc/meminfo, as a shell expression.
+const HUGEPAGES_FREE: &str = "$(awk '/^HugePages_Free/ { print $2 }' /proc/meminfo)";
+
+fn number(run: &RigRun, key: &str) -> u64 {
+    run.value(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}\n{}", run.context()))
+}
+
+#[test]
+fn hugepage_ram_takes_exactly_the_guests_pages_and_a_short_pool_is_refused() {
+    let test = "hugepage_ram_takes_exactly_the_guests_pages_and_a_short_pool_is_refused";
+    let mut host = RigHost::new(test);
+    host.memory("3072M");
+    let disk = host.nvme("nva", SLOT_NVME_A, &marker_token());
+    let (marker, write) = (marker_token(), marker_token());
+    // 600 pages of 2 MiB; a sampler records the lowest HugePages_Free while viaduct runs.
+    let scenario = vfio_bind(&[&disk.bdf], &[])
+        + "echo 600 > /proc/sys/vm/nr_hugepages\n"
+        + &format!("echo \"RIG-HUGEPAGES-FREE-BEFORE={HUGEPAGES_FREE}\"\n")
+        + &format!(
+            "( min={HUGEPAGES_FREE}; while [ ! -e /tmp/stop ]; do f={HUGEPAGES_FREE}; \
+             [ \"$f\" -lt \"$min\" ] && min=$f; echo $min >/tmp/min; sleep 0.2; done ) &\n"
+        )
+        + &viaduct_command(&guest_args(
+            &marker,
+            &format!("nvme-io viaduct_write={write}"),
+            &format!(
+                "--memory size=1G,hugepages=on,hugepage_size=2M --device {}",
+                device_path(&disk.bdf)
+            ),
+        ))
+        + "touch /tmp/stop; wait\n"
+        + "echo \"RIG-HUGEPAGES-FREE-MIN=$(cat /tmp/min)\"\n"
+        + &format!("echo \"RIG-HUGEPAGES-FREE-AFTER={HUGEPAGES_FREE}\"\n")
+        // Now a pool of 100 pages: a 1 GiB guest needs 512.
+        + "echo 100 > /proc/sys/vm/nr_hugepages\n"
+        + &viaduct_command(&guest_args(
+            &marker,
+            "poweroff",
+            "--memory size=1G,hugepages=on",
+        ));
+    let all = host.run(&scenario);
+    let runs = all.viaduct_runs();
+    assert_eq!(runs.len(), 2, "two viaduct runs\n{}", all.context());
+
+    let run = &runs[0];
+    let context = run.context();
+    assert_eq!(run.guest_marker(), Some(marker.as_str()), "{context}");
+    assert_eq!(run.viaduct_exit(), Some(0), "{context}");
+    assert_eq!(
+        run.guest("NVME-MARKER"),
+        Some(disk.marker.as_str()),
+        "DMA into hugepage RAM\n{context}"
+    );
+    assert_eq!(
+        disk.token_at(1),
+        write,
+        "DMA out of hugepage RAM\n{context}"
+    );
+    let before = number(&all, "RIG-HUGEPAGES-FREE-BEFORE");
+    assert_eq!(before, 600, "the rig host's pool\n{context}");
+    assert_eq!(
+        number(&all, "RIG-HUGEPAGES-FREE-MIN"),
+        before - 512,
+        "a 1 GiB guest takes exactly 512 pages of 2 MiB\n{context}"
+    );
+    assert_eq!(
+        number(&all, "RIG-HUGEPAGES-FREE-AFTER"),
+        before,
+        "the pages came back after the guest\n{context}"
+    );
+
+    let short = &runs[1];
+    let context = short.context();
+    let status = short.viaduct_exit().unwrap_or(0);
+    assert!(
+        status != 0 && status != common::VIADUCT_TIMED_OUT,
+        "{context}"
+    );
+    assert!(short.guest_lines().is_empty(), "a guest ran\n{context}");
+    let stderr = short.viaduct_stderr();
+    let errors: Vec<&&str> = stderr.iter().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "one clear line: {errors:?}\n{context}");
+    assert!(
+        errors[0].contains("needs 512 free hugepages but the host has only 100")
+            && errors[0].contains("nr_hugepages"),
+        "{}\n{context}",
+        errors[0]
+    );
+    assert!(!stderr.iter().any(|l| l.contains("panicked")), "{context}");
+}
+
+#[test]
+fn prefaulted_ram_is_resident_before_the_guest_starts() {
+    let test = "prefaulted_ram_is_resident_before_the_guest_starts";
+    let host = RigHost::new(test);
+    let marker = marker_token();
+    let run = host.run(&viaduct_command(&guest_args(
+        &marker,
+        "poweroff",
+        "--memory size=512M,prefault=on",
+    )));
+    let context = run.context();
+    assert_eq!(run.guest_marker(), Some(marker.as_str()), "{context}");
+    assert_eq!(run.viaduct_exit(), Some(0), "{context}");
+    let stderr = run.viaduct_stderr();
+    let prefaulted = stderr
+        .iter()
+        .position(|l| l.contains("guest RAM prefaulted: 512 MiB"))
+        .unwrap_or_else(|| panic!("no prefault line\n{context}"));
+    let entered = stderr
+        .iter()
+        .position(|l| l.contains("entering the kernel"))
+        .unwrap_or_else(|| panic!("no kernel entry line\n{context}"));
+    assert!(
+        prefaulted < entered,
+        "prefaulted after the guest started\n{context}"
+    );
+    let rss: u64 = stderr[prefaulted]
+        .split("VmRSS ")
+        .nth(1)
+        .and_then(|v| v.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in '{}'\n{context}", stderr[prefaulted]));
+    assert!(
+        rss >= 512,
+        "VmRSS {rss} MiB, the guest has 512 MiB\n{context}"
+    );
+}

@@ -1,0 +1,182 @@
+//! Populating guest RAM before the guest runs, in parallel: every page faulted in (and zeroed)
+//! by `madvise(MADV_POPULATE_WRITE)` from one thread per host CPU the process may use, in
+//! chunks taken from a shared queue. That is most of the cost of starting a large guest with a
+//! passed-through device, where VFIO would otherwise fault every page in itself, on one thread,
+//! inside `VFIO_IOMMU_MAP_DMA`. On a kernel without `MADV_POPULATE_WRITE` (before 5.14) each
+//! page is touched instead (read and written back, so file contents are kept).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+use super::{GuestMemoryMmap, MemoryError};
+
+/// `MADV_POPULATE_WRITE` (Linux 5.14).
+const MADV_POPULATE_WRITE: libc::c_int = 23;
+/// Work is handed out in chunks of this size (or of one page, if pages are larger), so threads
+/// that finish early take over from slow ones.
+const CHUNK: u64 = 64 << 20;
+
+/// What prefaulting did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefaultStats {
+    /// Bytes populated.
+    pub bytes: u64,
+    /// Threads used.
+    pub threads: usize,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Whether `MADV_POPULATE_WRITE` was missing and pages were touched one by one.
+    pub touched: bool,
+}
+
+/// One piece of work: a host address range of guest RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Chunk {
+    host: usize,
+    len: u64,
+}
+
+/// Cuts `regions` (host address, length) into chunks of `chunk` bytes, each a whole number of
+/// `page`s.
+fn chunks(regions: &[(usize, u64)], page: u64, chunk: u64) -> Vec<Chunk> {
+    let step = chunk.max(page).next_multiple_of(page);
+    let mut out = Vec::new();
+    for &(host, len) in regions {
+        let mut done = 0;
+        while done < len {
+            let n = step.min(len - done);
+            out.push(Chunk {
+                host: host + done as usize,
+                len: n,
+            });
+            done += n;
+        }
+    }
+    out
+}
+
+/// Threads to use for `bytes` of RAM: one per CPU this process may run on, but no more than
+/// there are chunks.
+fn thread_count(work: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cpus.min(work).max(1)
+}
+
+/// Faults in the pages of `c` by touching one byte per page (read, then write back the same
+/// value).
+fn touch(c: Chunk, page: u64) {
+    let mut at = 0;
+    while at < c.len {
+        let p = (c.host + at as usize) as *mut u8;
+        // SAFETY: `p` is inside guest RAM, a live read/write mapping of this process that no
+        // vCPU runs on yet; writing back the byte just read keeps the contents.
+        unsafe { p.write_volatile(p.read_volatile()) };
+        at += page;
+    }
+}
+
+/// Populates every page of `mem` (pages of `page` bytes; `hugetlb` for the messages).
+pub fn prefault(
+    mem: &GuestMemoryMmap,
+    page: u64,
+    hugetlb: bool,
+) -> Result<PrefaultStats, MemoryError> {
+    let regions: Vec<(usize, u64)> = mem.iter().map(|r| (r.as_ptr() as usize, r.len())).collect();
+    let work = chunks(&regions, page, CHUNK);
+    let threads = thread_count(work.len());
+    let next = AtomicUsize::new(0);
+    let no_populate = AtomicBool::new(false);
+    let start = Instant::now();
+    let failures: Vec<MemoryError> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| -> Result<(), MemoryError> {
+                    while let Some(&c) = work.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        if no_populate.load(Ordering::Relaxed) {
+                            touch(c, page);
+                            continue;
+                        }
+                        // SAFETY: the chunk is inside guest RAM, a mapping of this process;
+                        // populating it only faults pages in.
+                        let ret = unsafe {
+                            libc::madvise(
+                                c.host as *mut libc::c_void,
+                                c.len as usize,
+                                MADV_POPULATE_WRITE,
+                            )
+                        };
+                        if ret == 0 {
+                            continue;
+                        }
+                        let e = std::io::Error::last_os_error();
+                        if e.raw_os_error() == Some(libc::EINVAL) {
+                            // A kernel before 5.14: touch the pages instead, from now on.
+                            no_populate.store(true, Ordering::Relaxed);
+                            touch(c, page);
+                            continue;
+                        }
+                        return Err(MemoryError::Prefault {
+                            host: c.host,
+                            bytes: c.len,
+                            hugetlb,
+                            source: e,
+                        });
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().ok().and_then(Result::err))
+            .collect()
+    });
+    if let Some(e) = failures.into_iter().next() {
+        return Err(e);
+    }
+    Ok(PrefaultStats {
+        bytes: regions.iter().map(|r| r.1).sum(),
+        threads,
+        elapsed: start.elapsed(),
+        touched: no_populate.load(Ordering::Relaxed),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MemoryBacking;
+
+    #[test]
+    fn chunks_cover_the_regions_in_whole_pages() {
+        let got = chunks(
+            &[(0x1000_0000, 150 << 20), (0x8000_0000, 10 << 20)],
+            4096,
+            64 << 20,
+        );
+        let lens: Vec<u64> = got.iter().map(|c| c.len).collect();
+        assert_eq!(lens, [64 << 20, 64 << 20, 22 << 20, 10 << 20]);
+        assert_eq!(got[1].host, 0x1000_0000 + (64 << 20));
+        assert_eq!(got[3].host, 0x8000_0000);
+        // 1 GiB pages: one page per chunk.
+        let got = chunks(&[(0x4000_0000, 3 << 30)], 1 << 30, 64 << 20);
+        assert_eq!(got.len(), 3);
+        assert!(got.iter().all(|c| c.len == 1 << 30));
+    }
+
+    #[test]
+    fn prefault_makes_guest_ram_resident() {
+        let ram = super::super::backing::create(96 << 20, &MemoryBacking::default()).unwrap();
+        let (before, _) = super::super::resident_bytes();
+        let stats = prefault(&ram.mem, ram.page_size, false).unwrap();
+        let (after, _) = super::super::resident_bytes();
+        assert_eq!(stats.bytes, 96 << 20);
+        assert!(stats.threads >= 1);
+        assert!(
+            after >= before + (90 << 20),
+            "VmRSS grew from {before} to {after} only"
+        );
+    }
+}
