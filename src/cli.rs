@@ -91,6 +91,11 @@ pub struct Cli {
     #[arg(long, value_name = "off|null", default_value = DEFAULT_CONSOLE)]
     pub console: String,
 
+    /// cloud-hypervisor's `--pvpanic`: viaduct always gives the guest a pvpanic device, so the
+    /// flag is accepted and changes nothing.
+    #[arg(long, hide = true)]
+    pub pvpanic: bool,
+
     /// The control API: HTTP on a UNIX socket with cloud-hypervisor's endpoints (see
     /// docs/api.md and `viaduct remote`): `path=/run/viaduct.sock` or just the path (the socket
     /// is created mode 0600 and removed at exit; a live one of another process is refused, a

@@ -168,8 +168,8 @@ pub enum InvalidValue {
     /// The file exists but cannot be opened for reading.
     #[error("cannot open the file for reading")]
     FileUnreadable(#[source] io::Error),
-    /// The serial output file cannot be created or opened for appending.
-    #[error("cannot open the file for appending")]
+    /// The serial output file cannot be created or opened for writing.
+    #[error("cannot open the file for writing")]
     FileUnwritable(#[source] io::Error),
     /// The kernel command line is too long.
     #[error("the kernel command line is {0} bytes long; the limit is {MAX_CMDLINE_BYTES} bytes")]
@@ -183,6 +183,14 @@ pub enum InvalidValue {
     /// Less RAM than [`MIN_MEMORY_BYTES`].
     #[error("memory size must be at least {}", format_size(MIN_MEMORY_BYTES))]
     MemoryTooSmall,
+    /// Above [`arch::layout::MAX_GUEST_RAM`].
+    #[error(
+        "{} GiB is more than viaduct gives a guest (at most {} GiB: the guest's physical \
+         address space must also hold the PCI apertures)",
+        .0 >> 30,
+        arch::layout::MAX_GUEST_RAM >> 30
+    )]
+    MemoryTooLarge(u64),
     /// RAM that is not a whole number of 4 KiB pages.
     #[error("memory size ({0} bytes) must be a multiple of 4 KiB")]
     MemoryUnaligned(u64),
@@ -526,6 +534,9 @@ pub fn parse_memory(value: &str) -> Result<MemoryValue, ConfigError> {
     if bytes < MIN_MEMORY_BYTES {
         return Err(invalid(InvalidValue::MemoryTooSmall));
     }
+    if bytes > arch::layout::MAX_GUEST_RAM {
+        return Err(invalid(InvalidValue::MemoryTooLarge(bytes)));
+    }
     if !bytes.is_multiple_of(MEMORY_ALIGNMENT) {
         return Err(invalid(InvalidValue::MemoryUnaligned(bytes)));
     }
@@ -593,7 +604,8 @@ pub struct MemoryValue {
 }
 
 /// Parses `--serial off|null|tty|file=PATH`; for `file=` checks the file can be opened for
-/// appending (creating it if needed).
+/// writing (creating it if needed; the VMM truncates it when it starts, as cloud-hypervisor
+/// does).
 pub fn parse_serial(value: &str) -> Result<SerialMode, ConfigError> {
     let invalid = |reason: InvalidValue| ConfigError::invalid("--serial", value, reason);
     match value {
@@ -613,7 +625,8 @@ pub fn parse_serial(value: &str) -> Result<SerialMode, ConfigError> {
             }
             OpenOptions::new()
                 .create(true)
-                .append(true)
+                .write(true)
+                .truncate(false)
                 .open(path)
                 .map_err(|e| invalid(InvalidValue::FileUnwritable(e)))?;
             Ok(SerialMode::File(PathBuf::from(path)))
@@ -957,6 +970,12 @@ mod tests {
         assert_eq!(
             chain(&parse_memory("size=0").unwrap_err()),
             "--memory size=0: memory size must be at least 16 MiB"
+        );
+        assert_eq!(parse_memory("size=32T").unwrap().bytes, 32 << 40);
+        assert_eq!(
+            chain(&parse_memory("size=33T").unwrap_err()),
+            "--memory size=33T: 33792 GiB is more than viaduct gives a guest (at most 32768 GiB: \
+             the guest's physical address space must also hold the PCI apertures)"
         );
         assert_eq!(
             chain(&parse_memory("size=16777217").unwrap_err()),

@@ -4,10 +4,18 @@
 
 use std::process::ExitCode;
 
-use viaduct::{cli::Cli, commands, config, error_chain, launch, logging};
+use viaduct::{cli::Cli, cli_errors, commands, config, error_chain, launch, logging};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    let cli = match Cli::parse_args(std::env::args_os()) {
+        Ok(cli) => cli,
+        // --help and --version print and exit 0, as clap does.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            eprintln!("viaduct: error: {}", cli_errors::one_line(&e));
+            return ExitCode::from(2);
+        }
+    };
     logging::init(cli.verbose);
 
     if let Some(command) = &cli.command {

@@ -158,6 +158,11 @@ pub const GUEST_PHYS_BITS_MIN: u8 = 36;
 /// 64 TiB, the reach of a 4-level-paging guest's direct map, and far more than any set of BARs.
 pub const GUEST_PHYS_BITS_MAX: u8 = 46;
 
+/// Most guest RAM viaduct gives a guest: 32 TiB, half of the [`GUEST_PHYS_BITS_MAX`]-bit
+/// physical space, so that the RAM above 4 GiB still leaves room for the 64-bit PCI aperture
+/// on the widest guest. (The VMM also refuses, at start, more than the host can hold.)
+pub const MAX_GUEST_RAM: u64 = 1 << (GUEST_PHYS_BITS_MAX - 1);
+
 /// The guest physical address width for a host that reports `host_phys_bits` in CPUID
 /// 0x8000_0008 EAX[7:0]: the host's width (the guest must never be told more than the host's
 /// page tables can map) capped at [`GUEST_PHYS_BITS_MAX`], and [`GUEST_PHYS_BITS_MIN`] when the

@@ -9,7 +9,7 @@
 //! exactly; the sleep-status write Linux issues before sleeping (`WAK_STS`, 0x80) has `SLP_EN`
 //! clear and so never sleeps.
 
-use log::{debug, warn};
+use log::debug;
 
 use crate::bus::BusDevice;
 use crate::byte_access::{byte_read, byte_write};
@@ -71,7 +71,10 @@ impl AcpiPmDevice {
             debug!("acpi: guest entered S5 (soft off)");
             self.exit.notify(ExitReason::PowerOff);
         } else {
-            warn!("acpi: guest requested sleep type {sleep_type}, which viaduct does not support; waking it at once");
+            crate::warn_limited!(
+                "acpi: guest requested sleep type {sleep_type}, which viaduct does not support; \
+                 waking it at once"
+            );
             self.wake_status = true;
         }
     }

@@ -17,6 +17,7 @@ pub mod bus;
 pub mod byte_access;
 pub mod exit;
 pub mod i8042;
+pub mod log_limit;
 pub mod pci_hotplug;
 pub mod pvpanic;
 pub mod serial;

@@ -19,7 +19,7 @@
 //! which selects the segment and writes the slot's bit to B0EJ). The B0EJ write is where the
 //! device really leaves; it arrives on a vCPU thread and is handed to the VMM's callback.
 
-use log::{debug, warn};
+use log::debug;
 
 use crate::bus::BusDevice;
 
@@ -172,7 +172,9 @@ impl PciHotplugController {
     fn eject(&mut self, bitmap: u32) {
         let segment = self.selected;
         let Some(bits) = self.selected_bits() else {
-            warn!("pci hotplug: eject of slots {bitmap:#x} with no segment selected; ignored");
+            crate::warn_limited!(
+                "pci hotplug: eject of slots {bitmap:#x} with no segment selected; ignored"
+            );
             return;
         };
         bits.up &= !bitmap;

@@ -390,7 +390,9 @@ fn read_image(name: &str, access: &dyn VfioDeviceAccess) -> Result<Vec<u8>, Devi
             reason: format!("the VFIO config region has {size} bytes, fewer than 256"),
         });
     }
-    let size = size.min(4096) as usize;
+    // Whole dwords only: the image is read (and later walked) four bytes at a time, and a
+    // region of, say, 258 bytes has no register in its last two.
+    let size = (size.min(4096) as usize) & !3;
     let mut image = vec![0u8; size];
     for (i, dword) in image.chunks_mut(4).enumerate() {
         dword.copy_from_slice(&bars::read_u32(access, (i * 4) as u64).to_le_bytes());
@@ -424,6 +426,32 @@ fn u32_at(image: &[u8], o: usize) -> u32 {
     u32::from_le_bytes([image[o], image[o + 1], image[o + 2], image[o + 3]])
 }
 
+/// Bytes of the MSI-X capability: ID, next, control, table and PBA registers.
+const MSIX_CAP_LEN: usize = 12;
+
+/// Refuses a capability of `len` bytes at `cap` that runs past the end of the config space
+/// (a device, or a fuzzed image, may put one at 0xF8 or 0xFC of a 256-byte space).
+fn fits(
+    name: &str,
+    what: &'static str,
+    image: &[u8],
+    cap: usize,
+    len: usize,
+) -> Result<(), DeviceError> {
+    if cap + len <= image.len() {
+        return Ok(());
+    }
+    Err(DeviceError::Capability {
+        device: name.to_string(),
+        what,
+        reason: format!(
+            "its {len}-byte capability at {cap:#x} runs past the end of the {}-byte config \
+             space",
+            image.len()
+        ),
+    })
+}
+
 /// The MSI-X model for the capability at `cap`, checked against the BARs.
 fn msix_model(name: &str, image: &[u8], cap: usize, bars: &[HostBar]) -> Result<Msix, DeviceError> {
     let invalid = |reason: String| DeviceError::Capability {
@@ -431,6 +459,7 @@ fn msix_model(name: &str, image: &[u8], cap: usize, bars: &[HostBar]) -> Result<
         what: "MSI-X",
         reason,
     };
+    fits(name, "MSI-X", image, cap, MSIX_CAP_LEN)?;
     let control = u16::from_le_bytes([image[cap + 2], image[cap + 3]]);
     let layout =
         MsixLayout::from_registers(control, u32_at(image, cap + 4), u32_at(image, cap + 8))
@@ -457,9 +486,20 @@ fn msix_model(name: &str, image: &[u8], cap: usize, bars: &[HostBar]) -> Result<
 /// The MSI model for the capability at `cap`, with the device's read-only features.
 fn msi_model(name: &str, image: &[u8], cap: usize) -> Result<Msi, DeviceError> {
     let control = u16::from_le_bytes([image[cap + 2], image[cap + 3]]);
+    let addr64 = control & (1 << 7) != 0;
+    let per_vector_mask = control & (1 << 8) != 0;
+    // ID, next and control, the address (and its high half), the data, and with per-vector
+    // masking the mask and pending bits.
+    let len = match (addr64, per_vector_mask) {
+        (false, false) => 10,
+        (true, false) => 14,
+        (false, true) => 20,
+        (true, true) => 24,
+    };
+    fits(name, "MSI", image, cap, len)?;
     Msi::new(MsiFeatures {
-        addr64: control & (1 << 7) != 0,
-        per_vector_mask: control & (1 << 8) != 0,
+        addr64,
+        per_vector_mask,
         multiple_message_capable: ((control >> 1) & 0b111) as u8,
     })
     .map_err(|e| DeviceError::Capability {

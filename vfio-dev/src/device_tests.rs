@@ -7,7 +7,7 @@ use pci::bar::{BarIndex, BarKind, BarMove, BarSpec};
 use pci::capability::{Capabilities, Capability};
 
 use super::*;
-use crate::fake::{gpu_like, nvme_like, open, Call, FakeBuilder, FakeRouter};
+use crate::fake::{gpu_like, nvme_like, open, Call, FakeBuilder, FakeRouter, MMAP_RW};
 
 fn bar(n: u8) -> BarIndex {
     BarIndex::new(n).unwrap()
@@ -316,4 +316,49 @@ fn clique_creates_a_capability_list_when_the_device_has_none() {
     );
     // A conventional device's extended space reads all-ones.
     assert_eq!(dev.read_config(0x100 / 4), u32::MAX);
+}
+
+#[test]
+fn msix_capability_running_past_config_space_is_refused_not_a_panic() {
+    for offset in [0xf8, 0xfc] {
+        let builder = FakeBuilder::new(0x1b36, 0x0010, [1, 8, 2], 256)
+            .bar(0, 0x4000, (false, true, false), MMAP_RW)
+            .irqs(1, 0, 4)
+            .cap(offset, id::MSIX, &[0x03, 0x00]);
+        let err = try_open(builder, None).err().expect("refused");
+        let text = err.to_string() + &format!(" {:?}", err);
+        assert!(
+            text.contains("runs past the end of the 256-byte config space"),
+            "{offset:#x}: {text}"
+        );
+    }
+}
+
+#[test]
+fn msi_capability_is_checked_for_its_full_length() {
+    // 64-bit MSI with per-vector masking needs 24 bytes: at 0xf0 it would end at 0x108.
+    let builder = FakeBuilder::new(0x10de, 0x1db6, [3, 2, 0], 256)
+        .irqs(1, 1, 0)
+        .cap(0xf0, id::MSI, &[0x80, 0x01]);
+    let err = try_open(builder, None).err().expect("refused");
+    assert!(err.to_string().contains("MSI") || format!("{err:?}").contains("MSI"));
+    assert!(format!("{err:?}").contains("24-byte"), "{err:?}");
+    // Without masking it needs 14 and fits at 0xf0.
+    let builder = FakeBuilder::new(0x10de, 0x1db6, [3, 2, 0], 256)
+        .irqs(1, 1, 0)
+        .cap(0xf0, id::MSI, &[0x80, 0x00]);
+    assert!(try_open(builder, None).is_ok());
+}
+
+#[test]
+fn config_region_of_odd_size_is_read_in_whole_dwords() {
+    // A 258-byte region used to panic in the dword copy.
+    let builder = FakeBuilder::new(0x1b36, 0x0010, [1, 8, 2], 258).bar(
+        0,
+        0x4000,
+        (false, true, false),
+        MMAP_RW,
+    );
+    let dev = try_open(builder, None).expect("opens");
+    assert_eq!(read8(&dev, 0), 0x36);
 }

@@ -19,14 +19,23 @@ use vmm_sys_util::eventfd::EventFd;
 pub const IOAPIC_PINS: u32 = 24;
 /// First GSI handed out for MSI routes.
 pub const FIRST_MSI_GSI: u32 = IOAPIC_PINS;
-/// One past the last GSI KVM accepts on x86 (KVM_MAX_IRQ_ROUTES).
-pub const GSI_LIMIT: u32 = 4096;
+/// Most routes one `KVM_SET_GSI_ROUTING` may carry on x86 (KVM_MAX_IRQ_ROUTES); every GSI
+/// must also be below it.
+pub const MAX_ROUTES: u32 = 4096;
+/// Routes of the irqchip defaults: GSI 0–15 to the PIC and the IOAPIC, 16–23 to the IOAPIC.
+pub const IRQCHIP_ROUTES: u32 = 16 * 2 + (IOAPIC_PINS - 16);
+/// One past the last MSI GSI: as many MSI routes as fit in the table beside the irqchip's
+/// (4056), so a table with every GSI routed is still one KVM accepts.
+pub const GSI_LIMIT: u32 = FIRST_MSI_GSI + (MAX_ROUTES - IRQCHIP_ROUTES);
 
 /// The routing table as data: pure, so its contents are unit-tested.
 #[derive(Default)]
 pub struct RoutingTable {
     msi: BTreeMap<u32, (u64, u32)>,
-    allocated: BTreeSet<u32>,
+    /// GSIs given back below `next`, reused lowest first.
+    freed: BTreeSet<u32>,
+    /// GSIs `FIRST_MSI_GSI..next` have been handed out (some since freed); 0 = none yet.
+    next: u32,
 }
 
 fn irqchip_entry(gsi: u32, chip: u32, pin: u32) -> kvm_irq_routing_entry {
@@ -43,30 +52,39 @@ fn irqchip_entry(gsi: u32, chip: u32, pin: u32) -> kvm_irq_routing_entry {
 impl RoutingTable {
     /// Lowest free MSI GSI, or `None` when all are taken.
     pub fn allocate(&mut self) -> Option<u32> {
-        let gsi = (FIRST_MSI_GSI..GSI_LIMIT).find(|g| !self.allocated.contains(g))?;
-        self.allocated.insert(gsi);
+        if let Some(gsi) = self.freed.pop_first() {
+            return Some(gsi);
+        }
+        let gsi = self.next.max(FIRST_MSI_GSI);
+        if gsi >= GSI_LIMIT {
+            return None;
+        }
+        self.next = gsi + 1;
         Some(gsi)
     }
 
-    /// Returns `gsi` to the pool and drops its route.
-    pub fn free(&mut self, gsi: u32) {
-        self.allocated.remove(&gsi);
-        self.msi.remove(&gsi);
+    /// Returns `gsi` to the pool and drops its route; whether the routes changed.
+    pub fn free(&mut self, gsi: u32) -> bool {
+        if (FIRST_MSI_GSI..self.next).contains(&gsi) {
+            self.freed.insert(gsi);
+        }
+        self.msi.remove(&gsi).is_some()
     }
 
-    /// Sets `gsi`'s MSI message.
-    pub fn set_msi(&mut self, gsi: u32, address: u64, data: u32) {
-        self.msi.insert(gsi, (address, data));
+    /// Sets `gsi`'s MSI message; whether the routes changed (a guest rewriting an MSI-X entry
+    /// with the message it already has changes nothing KVM needs to hear about).
+    pub fn set_msi(&mut self, gsi: u32, address: u64, data: u32) -> bool {
+        self.msi.insert(gsi, (address, data)) != Some((address, data))
     }
 
-    /// Drops `gsi`'s MSI route (the GSI stays allocated).
-    pub fn remove(&mut self, gsi: u32) {
-        self.msi.remove(&gsi);
+    /// Drops `gsi`'s MSI route (the GSI stays allocated); whether the routes changed.
+    pub fn remove(&mut self, gsi: u32) -> bool {
+        self.msi.remove(&gsi).is_some()
     }
 
     /// Every route KVM must have: the irqchip defaults, then the MSI routes.
     pub fn entries(&self) -> Vec<kvm_irq_routing_entry> {
-        let mut entries = Vec::with_capacity(40 + self.msi.len());
+        let mut entries = Vec::with_capacity(IRQCHIP_ROUTES as usize + self.msi.len());
         for gsi in 0..IOAPIC_PINS {
             if gsi < 16 {
                 let chip = if gsi < 8 {
@@ -141,21 +159,26 @@ impl InterruptRouter for GsiRouter {
 
     fn free_gsi(&self, gsi: Gsi) {
         let mut table = self.table();
-        table.free(gsi.0);
-        if let Err(e) = self.commit(&table) {
-            log::warn!("freeing GSI {}: {e}", gsi.0);
+        if table.free(gsi.0) {
+            if let Err(e) = self.commit(&table) {
+                log::warn!("freeing GSI {}: {e}", gsi.0);
+            }
         }
     }
 
     fn set_msi_route(&self, gsi: Gsi, address: u64, data: u32) -> Result<(), RoutingError> {
         let mut table = self.table();
-        table.set_msi(gsi.0, address, data);
+        if !table.set_msi(gsi.0, address, data) {
+            return Ok(());
+        }
         self.commit(&table)
     }
 
     fn remove_route(&self, gsi: Gsi) -> Result<(), RoutingError> {
         let mut table = self.table();
-        table.remove(gsi.0);
+        if !table.remove(gsi.0) {
+            return Ok(());
+        }
         self.commit(&table)
     }
 
@@ -236,5 +259,29 @@ mod tests {
             assert!(t.allocate().is_some());
         }
         assert_eq!(t.allocate(), None);
+    }
+
+    #[test]
+    fn a_table_with_every_gsi_routed_fits_kvms_limit() {
+        let mut t = RoutingTable::default();
+        while let Some(gsi) = t.allocate() {
+            t.set_msi(gsi, 0xfee0_0000, gsi);
+        }
+        let entries = t.entries();
+        assert!(entries.len() <= MAX_ROUTES as usize, "{}", entries.len());
+        assert!(entries.iter().all(|e| e.gsi < MAX_ROUTES));
+        assert_eq!(entries.len(), MAX_ROUTES as usize);
+    }
+
+    #[test]
+    fn only_real_changes_need_a_commit() {
+        let mut t = RoutingTable::default();
+        let gsi = t.allocate().unwrap();
+        assert!(t.set_msi(gsi, 0xfee0_0000, 0x41));
+        assert!(!t.set_msi(gsi, 0xfee0_0000, 0x41), "same message again");
+        assert!(t.set_msi(gsi, 0xfee0_1000, 0x41));
+        assert!(t.remove(gsi));
+        assert!(!t.remove(gsi), "no route left to remove");
+        assert!(!t.free(gsi), "freeing an unrouted GSI");
     }
 }

@@ -41,9 +41,11 @@ fn serial_output(mode: &SerialMode) -> Result<Option<Box<dyn Write + Send>>, Err
         SerialMode::Null => Some(Box::new(std::io::sink())),
         SerialMode::Tty => Some(Box::new(std::io::stdout())),
         SerialMode::File(path) => Some(Box::new(
+            // Truncated, as cloud-hypervisor does: the file holds this boot's output only.
             OpenOptions::new()
                 .create(true)
-                .append(true)
+                .write(true)
+                .truncate(true)
                 .open(path)
                 .map_err(|source| Error::SerialFile {
                     path: path.clone(),
@@ -115,4 +117,22 @@ pub fn create_legacy_devices(
         1,
     )?;
     Ok(LegacyDevices { pio, com1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_file_is_truncated_at_start_as_cloud_hypervisor_does() {
+        let path = std::env::temp_dir().join(format!("viaduct-serial-{}", std::process::id()));
+        std::fs::write(&path, b"the previous boot's output\n").unwrap();
+        let mut out = serial_output(&SerialMode::File(path.clone()))
+            .unwrap()
+            .unwrap();
+        out.write_all(b"new\n").unwrap();
+        drop(out);
+        assert_eq!(std::fs::read(&path).unwrap(), b"new\n");
+        std::fs::remove_file(&path).unwrap();
+    }
 }

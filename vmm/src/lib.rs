@@ -257,14 +257,15 @@ fn create_hotplug(vm: &kvm_ioctls::VmFd, mmio: &Bus, segments: u16) -> Result<Ho
 
 /// Boots the VM described by `config` and runs it until it stops.
 pub fn run(config: VmConfig) -> Result<Outcome, Error> {
-    // Guest memory is declared first so that it is dropped last, after the VM, its vCPUs and
-    // every device (and the VFIO container that pins it) are gone.
     let started = Instant::now();
     // The API socket first: a path that cannot be used stops viaduct before anything is built.
     let mut api_listener = match &config.api {
         Some(api) => Some(api::ApiListener::open(&api.socket)?),
         None => None,
     };
+    // Guest RAM is declared before the VM, every vCPU and every device (and the VFIO container
+    // that pins it), so it is dropped after them: locals drop in reverse order. `ram` owns the
+    // host mappings; everything else holds clones of the regions.
     let ram = memory::create_guest_memory(config.memory_bytes, &config.memory)?;
     info!(
         "guest RAM: {} MiB of {}{} memory, mapped in {:?}",

@@ -147,6 +147,41 @@ fn exit_name(exit: &VcpuExit<'_>) -> &'static str {
     }
 }
 
+/// Which way a port access goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PortDirection {
+    In,
+    Out,
+}
+
+/// Serves one `KVM_EXIT_IO`: `data` holds `data.len() / size` accesses of `size` bytes each
+/// to the one port `port` (more than one for `rep ins/outs`), in order. An unclaimed port reads
+/// all-ones and ignores writes, as on a PC.
+fn port_accesses(
+    bus: &Bus,
+    port: u16,
+    data: &mut [u8],
+    size: usize,
+    direction: PortDirection,
+    index: u8,
+) {
+    for access in data.chunks_mut(size.max(1)) {
+        let claimed = match direction {
+            PortDirection::In => {
+                let claimed = bus.read(u64::from(port), access);
+                if !claimed {
+                    access.fill(0xff);
+                }
+                claimed
+            }
+            PortDirection::Out => bus.write(u64::from(port), access),
+        };
+        if !claimed {
+            trace!("vCPU {index}: {direction:?} on unclaimed port {port:#x}");
+        }
+    }
+}
+
 /// A configured vCPU, ready to run on its own thread.
 pub struct Vcpu {
     index: u8,
@@ -226,6 +261,18 @@ impl Vcpu {
         let index = self.index;
         while !stop.load(Ordering::Acquire) {
             let result = self.fd.run();
+            let port_io = match &result {
+                Ok(VcpuExit::IoIn(..)) => Some(PortDirection::In),
+                Ok(VcpuExit::IoOut(..)) => Some(PortDirection::Out),
+                _ => None,
+            };
+            if let Some(direction) = port_io {
+                // kvm-ioctls hands string I/O (`rep ins/outs`) over as one `count × size` slice;
+                // the kvm_run page says how it splits (the borrow of `result` ends here).
+                stats.pio.fetch_add(1, Ordering::Relaxed);
+                self.port_io(&buses.pio, direction);
+                continue;
+            }
             match &result {
                 Ok(VcpuExit::IoIn(..)) | Ok(VcpuExit::IoOut(..)) => {
                     stats.pio.fetch_add(1, Ordering::Relaxed);
@@ -236,19 +283,6 @@ impl Vcpu {
                 _ => {}
             }
             let failure = match result {
-                Ok(VcpuExit::IoIn(port, data)) => {
-                    if !buses.pio.read(u64::from(port), data) {
-                        trace!("vCPU {index}: read of unclaimed port {port:#x}");
-                        data.fill(0xff);
-                    }
-                    None
-                }
-                Ok(VcpuExit::IoOut(port, data)) => {
-                    if !buses.pio.write(u64::from(port), data) {
-                        trace!("vCPU {index}: write to unclaimed port {port:#x}");
-                    }
-                    None
-                }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
                     if !buses.mmio.read(addr, data) {
                         debug!("vCPU {index}: read of unclaimed MMIO {addr:#x}");
@@ -297,6 +331,23 @@ impl Vcpu {
         None
     }
 
+    /// Serves the `KVM_EXIT_IO` the last run stopped on.
+    fn port_io(&mut self, bus: &Bus, direction: PortDirection) {
+        let index = self.index;
+        let run = self.fd.get_kvm_run();
+        // SAFETY: the exit reason is KVM_EXIT_IO (the caller saw IoIn/IoOut), so `io` is the
+        // active member.
+        let io = unsafe { run.__bindgen_anon_1.io };
+        let len = usize::from(io.size) * io.count as usize;
+        let base = (run as *mut kvm_bindings::kvm_run).cast::<u8>();
+        // SAFETY: the kernel put `count × size` bytes at `data_offset` inside the vCPU's
+        // kvm_run mapping (the same slice kvm-ioctls builds for the exit), and nothing else
+        // refers to that mapping while this vCPU thread handles its own exit.
+        let data =
+            unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
+        port_accesses(bus, io.port, data, usize::from(io.size), direction, index);
+    }
+
     fn internal_error(&mut self) -> VcpuFailure {
         let run = self.fd.get_kvm_run();
         // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the active member.
@@ -329,5 +380,71 @@ impl Vcpu {
                 s.err()
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use devices::bus::BusDevice;
+
+    use super::*;
+
+    /// Records every access; reads return successive bytes 1, 2, 3, ...
+    #[derive(Default)]
+    struct Recorder {
+        writes: Vec<Vec<u8>>,
+        reads: Vec<usize>,
+        next: u8,
+    }
+
+    impl BusDevice for Recorder {
+        fn read(&mut self, _offset: u64, data: &mut [u8]) {
+            self.reads.push(data.len());
+            for b in data {
+                self.next += 1;
+                *b = self.next;
+            }
+        }
+        fn write(&mut self, _offset: u64, data: &[u8]) {
+            self.writes.push(data.to_vec());
+        }
+    }
+
+    fn bus_with(port: u64) -> (Bus, Arc<Mutex<Recorder>>) {
+        let bus = Bus::new();
+        let dev = Arc::new(Mutex::new(Recorder::default()));
+        bus.insert(dev.clone(), port, 8).unwrap();
+        (bus, dev)
+    }
+
+    #[test]
+    fn rep_outsb_is_count_one_byte_writes_to_one_port() {
+        let (bus, dev) = bus_with(0x3f8);
+        let mut data = *b"abcd";
+        port_accesses(&bus, 0x3f8, &mut data, 1, PortDirection::Out, 0);
+        let writes = &dev.lock().unwrap().writes;
+        assert_eq!(
+            writes,
+            &[b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]
+        );
+    }
+
+    #[test]
+    fn rep_insw_is_count_two_byte_reads() {
+        let (bus, dev) = bus_with(0x1f0);
+        let mut data = [0u8; 6];
+        port_accesses(&bus, 0x1f0, &mut data, 2, PortDirection::In, 0);
+        assert_eq!(dev.lock().unwrap().reads, [2, 2, 2]);
+        assert_eq!(data, [1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn unclaimed_port_reads_all_ones() {
+        let bus = Bus::new();
+        let mut data = [0u8; 4];
+        port_accesses(&bus, 0x80, &mut data, 4, PortDirection::In, 0);
+        assert_eq!(data, [0xff; 4]);
     }
 }

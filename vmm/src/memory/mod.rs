@@ -129,9 +129,9 @@ pub fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), Error> {
             userspace_addr: region.as_ptr() as u64,
             flags: 0,
         };
-        // SAFETY: the host range is a live mapping owned by `mem`, which the caller keeps alive
-        // for as long as the VM exists: `run` declares the memory before the VM, so the VM (and
-        // every vCPU and device) is dropped first.
+        // SAFETY: the host range is a live mapping, kept alive for as long as the VM exists:
+        // `run` declares the `GuestRam` that owns it before the VM, so the VM (and every vCPU
+        // and device) is dropped first.
         unsafe { vm.set_user_memory_region(region_desc) }
             .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
     }

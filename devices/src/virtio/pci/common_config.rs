@@ -250,7 +250,7 @@ impl CommonConfig {
         let mut new = value | (old & status::NEEDS_RESET);
         let newly = |bit: u8| new & bit != 0 && old & bit == 0;
         if newly(status::FEATURES_OK) && !self.features_acceptable() {
-            log::warn!(
+            crate::warn_limited!(
                 "virtio: refusing the driver's features {:#x} (offered {:#x}; VERSION_1 is \
                  required)",
                 self.driver_features,
@@ -260,7 +260,7 @@ impl CommonConfig {
         }
         let driver_ok = new & status::DRIVER_OK != 0 && old & status::DRIVER_OK == 0;
         if driver_ok && new & status::FEATURES_OK == 0 {
-            log::warn!("virtio: DRIVER_OK without FEATURES_OK; the device needs a reset");
+            crate::warn_limited!("virtio: DRIVER_OK without FEATURES_OK; the device needs a reset");
             self.status = (new & !status::DRIVER_OK) | status::NEEDS_RESET;
             return CommonEvent::None;
         }

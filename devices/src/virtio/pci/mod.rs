@@ -290,7 +290,7 @@ impl VirtioPciDevice {
             )
         });
         if let Err(e) = result {
-            log::warn!("{e}; the device needs a reset");
+            crate::warn_limited!("{e}; the device needs a reset");
             self.common.set_status_bits(status::NEEDS_RESET);
             self.shared.signal_config();
         }
