@@ -31,11 +31,35 @@ step() {
 	return "$status"
 }
 
+# The machine: Linux on x86-64, root (the rig installs Debian packages and binds devices),
+# Debian's apt for those packages, and a Rust no older than the workspace's rust-version.
+ensure_machine() {
+	[[ $(uname -s) == Linux && $(uname -m) == x86_64 ]] || {
+		echo "viaduct's tests need Linux on x86-64, not $(uname -s) on $(uname -m)" >&2
+		return 1
+	}
+	[[ $(id -u) -eq 0 ]] || {
+		echo "run the tests as root: the rig installs Debian packages and binds PCI devices (sudo bash resources/run-tests.sh)" >&2
+		return 1
+	}
+	command -v apt-get >/dev/null || {
+		echo "apt-get not found: the rig takes QEMU, the guest kernel and busybox from Debian 12's packages; run on Debian 12" >&2
+		return 1
+	}
+}
+
 ensure_rust() {
 	command -v cargo >/dev/null || {
 		echo "cargo not found: install Rust (https://rustup.rs) and run this again" >&2
 		return 1
 	}
+	local need have
+	need=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+	have=$(rustc --version | awk '{print $2}')
+	if [[ -n $need && $(printf '%s\n%s\n' "$need" "$have" | sort -V | head -n1) != "$need" ]]; then
+		echo "Rust $have is older than the $need viaduct needs: rustup update (or rustup toolchain install $need)" >&2
+		return 1
+	fi
 	if command -v rustup >/dev/null; then
 		cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt || return 1
 		cargo clippy --version >/dev/null 2>&1 || rustup component add clippy || return 1
@@ -43,6 +67,7 @@ ensure_rust() {
 }
 
 # Without the toolchain or the rig nothing below can mean anything: stop there.
+step "machine" ensure_machine || exit 1
 step "rust toolchain" ensure_rust || exit 1
 step "rig setup" bash resources/rig/fetch.sh || exit 1
 step "rig images" bash resources/rig/build.sh || exit 1

@@ -91,6 +91,13 @@ pub struct Cli {
     #[arg(long, value_name = "off|null", default_value = DEFAULT_CONSOLE)]
     pub console: String,
 
+    /// seccomp: `true` confines every viaduct thread (VMM, vCPUs, API, device workers) to the
+    /// system calls it needs, and a forbidden call stops viaduct with a line naming it; `log`
+    /// lets forbidden calls through and the kernel logs them (dmesg, `type=1326`); `false`
+    /// installs no filter. See docs/seccomp.md.
+    #[arg(long, value_name = "true|false|log", default_value = "true")]
+    pub seccomp: String,
+
     /// cloud-hypervisor's `--pvpanic`: viaduct always gives the guest a pvpanic device, so the
     /// flag is accepted and changes nothing.
     #[arg(long, hide = true)]

@@ -15,6 +15,7 @@ use vmm::config::{
     SerialMode, VmConfig, DEFAULT_APERTURE_WEIGHT, DEFAULT_EJECT_TIMEOUT, MAX_GPUDIRECT_CLIQUE,
     MAX_PCI_SEGMENTS, MAX_VCPUS, MIN_MEMORY_BYTES,
 };
+use vmm::seccomp::SeccompMode;
 
 use crate::cli::Cli;
 use crate::options::{format_size, OptionError, OptionSpec};
@@ -183,6 +184,9 @@ pub enum InvalidValue {
     /// Less RAM than [`MIN_MEMORY_BYTES`].
     #[error("memory size must be at least {}", format_size(MIN_MEMORY_BYTES))]
     MemoryTooSmall,
+    /// `--seccomp` not one of its values.
+    #[error("expected true (confine every thread), false (no filters) or log (log what a filter would stop)")]
+    SeccompMode,
     /// Above [`arch::layout::MAX_GUEST_RAM`].
     #[error(
         "{} GiB is more than viaduct gives a guest (at most {} GiB: the guest's physical \
@@ -454,7 +458,22 @@ pub fn build(cli: &Cli) -> Result<VmConfig, ConfigError> {
             .as_deref()
             .map(parse_api_socket)
             .transpose()?,
+        seccomp: parse_seccomp(&cli.seccomp)?,
     })
+}
+
+/// Parses `--seccomp true|false|log` (cloud-hypervisor's values; `on`/`off` also work).
+pub fn parse_seccomp(value: &str) -> Result<SeccompMode, ConfigError> {
+    match value {
+        "true" | "on" => Ok(SeccompMode::Enforce),
+        "false" | "off" => Ok(SeccompMode::Off),
+        "log" => Ok(SeccompMode::Log),
+        _ => Err(ConfigError::invalid(
+            "--seccomp",
+            value,
+            InvalidValue::SeccompMode,
+        )),
+    }
 }
 
 /// Checks that `path` is an existing regular file that can be opened for reading.

@@ -4,6 +4,8 @@
 //! device commands ([`commands`]) and logging setup ([`logging`]). The `viaduct` binary ties
 //! them together.
 
+// Tests may unwrap: a panic there is a failed test, not a dead VMM.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 #![warn(missing_docs)]
 
 pub mod cli;

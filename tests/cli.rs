@@ -2,6 +2,8 @@
 //! error line naming the flag and the value, a non-zero exit and no panic; good command lines must
 //! get past parsing to `vmm::run`.
 
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -1341,4 +1343,44 @@ fn remote_without_a_server_says_what_to_check() {
         "frobnicate",
     ]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn seccomp_values() {
+    let s = Scratch::new();
+    let err = assert_rejected(
+        &with_kernel(&s, &["--seccomp", "maybe"]),
+        "--seccomp",
+        "maybe",
+    );
+    assert!(err.contains("expected true"), "{err}");
+    for ok in ["true", "false", "log", "on", "off"] {
+        let out = with_kernel(&s, &["--seccomp", ok]);
+        // Past parsing: the dummy kernel is what stops it.
+        assert_ne!(out.status.code(), Some(2), "{ok}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn cloud_hypervisor_flags_viaduct_lacks_are_named() {
+    let s = Scratch::new();
+    for flag in [
+        "--fs",
+        "--pmem",
+        "--vsock",
+        "--balloon",
+        "--numa",
+        "--watchdog",
+    ] {
+        let out = with_kernel(&s, &[flag, "x"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
+        assert!(
+            err.starts_with(&format!(
+                "viaduct: error: cloud-hypervisor's {flag} is not supported by viaduct: "
+            )),
+            "{err}"
+        );
+    }
 }

@@ -3,6 +3,8 @@
 //! what it sees (CPUs, memory, its command line) before it powers off, reboots or panics.
 //! Each test takes about a minute; they fail, never skip, when the rig cannot run.
 
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
 mod common;
 
 use common::{marker_token, run_rig, viaduct_command, RigRun, VIADUCT_TIMED_OUT};

@@ -12,6 +12,8 @@
 //! A `--disk` path that does not exist is refused by the CLI before any KVM work, so it is
 //! tested in `tests/cli.rs`, not here.
 
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
 mod common;
 
 use common::{

@@ -6,6 +6,8 @@
 //! `managed=on`, once more, this time ejected by the guest itself (its slot's power file), and
 //! given back to nvme. `vm.shutdown` and `vmm.shutdown` end viaduct with exit 0.
 
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
 mod common;
 
 use common::{device_path, marker_token, vfio_bind, RigHost, RigRun, NVME_ID, SLOT_NVME_A};

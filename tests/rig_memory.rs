@@ -3,6 +3,8 @@
 //! a refused start when the pool is too small, and prefaulted RAM that is resident before the
 //! guest's first instruction.
 
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
 mod common;
 
 use common::{device_path, marker_token, vfio_bind, viaduct_command, RigHost, RigRun, SLOT_NVME_A};

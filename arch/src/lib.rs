@@ -6,6 +6,9 @@
 //! it is unit-tested without `/dev/kvm`. It must not know about devices' behaviour, only where
 //! they sit.
 
+// Tests may unwrap: a panic there is a failed test, not a dead VMM.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod acpi;
 pub mod boot;
 pub mod cpuid;

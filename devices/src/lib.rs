@@ -11,6 +11,9 @@
 //! devices are PCI functions (`pci::device::PciDevice`); their queues are served by a worker
 //! thread per device, never on a vCPU.
 
+// Tests may unwrap: a panic there is a failed test, not a dead VMM.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod acpi_ged;
 pub mod acpi_pm;
 pub mod bus;
@@ -21,5 +24,6 @@ pub mod log_limit;
 pub mod pci_hotplug;
 pub mod pvpanic;
 pub mod serial;
+pub mod thread_hook;
 pub mod trigger;
 pub mod virtio;

@@ -6,6 +6,9 @@
 //! Pure logic only: no KVM, no VFIO, no host devices. The VMM maps the access paths onto its
 //! buses; passthrough and virtio devices implement [`device::PciDevice`].
 
+// Tests may unwrap: a panic there is a failed test, not a dead VMM.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod address;
 pub mod allocator;
 pub mod aperture;

@@ -23,7 +23,7 @@
 # concurrently (flock on $RIG_CACHE/cloud-image.lock; the rig's own lock is not held, so other
 # rig runs go on while the image builds).
 # Environment: VIADUCT_RIG_CACHE (the rig cache), VIADUCT_DEBIAN_MIRROR (default: the first
-# Debian mirror in the apt sources, else http://deb.debian.org/debian).
+# Debian mirror in this machine's apt sources; the image's own apt sources name the same one).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/../rig/lib.sh"
@@ -65,9 +65,16 @@ mirror() {
 		return
 	fi
 	local uri
-	uri=$(grep -hsoE '(URIs:|^deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list.d/*.sources \
-		/etc/apt/sources.list.d/*.list /etc/apt/sources.list | grep -oE 'https?://[^ ]+' | head -n1 || true)
-	printf '%s\n' "${uri:-http://deb.debian.org/debian}"
+	uri=$(apt_uri '/debian/?')
+	[[ -n $uri ]] || rig_die "no Debian mirror in this machine's apt sources (/etc/apt/sources.list*); \
+set VIADUCT_DEBIAN_MIRROR=http://<your mirror>/debian"
+	printf '%s\n' "$uri"
+}
+
+# The first URI in this machine's apt sources whose path ends in $1 (a regular expression).
+apt_uri() {
+	grep -hsoE "(URIs:|^deb) +https?://[^ ]+$1( |\$)" /etc/apt/sources.list.d/*.sources \
+		/etc/apt/sources.list.d/*.list /etc/apt/sources.list | grep -oE 'https?://[^ ]+' | head -n1 || true
 }
 
 ensure_tools() {
@@ -99,11 +106,15 @@ configure_root() {
 		LABEL=$FS_LABEL      /             ext4   rw,errors=remount-ro     0      1
 	EOF
 	echo viaduct-cloud >"$root/etc/hostname"
-	cat >"$root/etc/apt/sources.list" <<-EOF
-		deb http://deb.debian.org/debian $SUITE main
-		deb http://deb.debian.org/debian $SUITE-updates main
-		deb http://deb.debian.org/debian-security $SUITE-security main
-	EOF
+	# The mirror the image was built from, and this machine's security mirror if it has one.
+	local mirror security
+	mirror=$(mirror)
+	security=$(apt_uri '/debian-security/?')
+	{
+		echo "deb $mirror $SUITE main"
+		echo "deb $mirror $SUITE-updates main"
+		[[ -z $security ]] || echo "deb $security $SUITE-security main"
+	} >"$root/etc/apt/sources.list"
 	install -m 644 "$CLOUD_DIR/cloud.cfg" "$root/etc/cloud/cloud.cfg.d/90-viaduct-rig.cfg"
 	# Every boot of an image is a first boot for systemd: an empty machine-id is generated then.
 	: >"$root/etc/machine-id"

@@ -3,16 +3,20 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 
-use vfio_bindings::bindings::vfio::{
-    vfio_device_info, VFIO_BASE, VFIO_DEVICE_FLAGS_RESET, VFIO_TYPE,
-};
+use vfio_bindings::bindings::vfio::{vfio_device_info, VFIO_DEVICE_FLAGS_RESET};
 use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ref};
-use vmm_sys_util::ioctl_io_nr;
+/// The kernel's VFIO ioctl numbers this module needs and vfio-ioctls keeps private.
+mod ioctl_numbers {
+    #![allow(missing_docs)]
+    use vfio_bindings::bindings::vfio::{VFIO_BASE, VFIO_TYPE};
+    use vmm_sys_util::ioctl_io_nr;
 
-ioctl_io_nr!(VFIO_DEVICE_GET_INFO, VFIO_TYPE as u32, VFIO_BASE + 7);
-ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE as u32, VFIO_BASE + 11);
+    ioctl_io_nr!(VFIO_DEVICE_GET_INFO, VFIO_TYPE as u32, VFIO_BASE + 7);
+    ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE as u32, VFIO_BASE + 11);
+}
+use ioctl_numbers::{VFIO_DEVICE_GET_INFO, VFIO_DEVICE_RESET};
 
 /// VFIO PCI region indices (`VFIO_PCI_*_REGION_INDEX`, from vfio-bindings).
 pub mod region {

@@ -163,7 +163,7 @@ impl VfioHost {
     pub fn open_device(&self, path: &Path) -> Result<OpenedDevice, VfioError> {
         let dev = sysfs::prepare_device(&self.sysfs_root, path)?;
 
-        let mut opened = self.opened.lock().unwrap();
+        let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
         if opened.get(&dev.name).and_then(Weak::upgrade).is_some() {
             return Err(open_error(
                 &dev,

@@ -258,7 +258,7 @@ impl VfioHost {
         }
         check_regions(regions, &info)?;
 
-        let mut mappings = self.mappings.lock().unwrap();
+        let mut mappings = self.mappings.lock().unwrap_or_else(|e| e.into_inner());
         let already: u64 = mappings.iter().map(|m| m.size).sum();
         let bytes: u64 = regions.iter().map(|r| r.size).sum();
         ensure_memlock(already + bytes)?;
@@ -305,7 +305,7 @@ impl VfioHost {
     /// skipped). Call after the devices are released and before guest RAM is freed. Every
     /// mapping is attempted; the first failure is returned.
     pub fn unmap_guest_memory(&self, regions: &[GuestRamRegion]) -> Result<DmaStats, VfioError> {
-        let mut mappings = self.mappings.lock().unwrap();
+        let mut mappings = self.mappings.lock().unwrap_or_else(|e| e.into_inner());
         let (gone, kept): (Vec<DmaMapping>, Vec<DmaMapping>) = mappings
             .iter()
             .partition(|m| regions.iter().any(|r| r.gpa == m.iova && r.size == m.size));
@@ -316,7 +316,7 @@ impl VfioHost {
 
     /// Unmaps every mapping made by [`Self::map_guest_memory`] and not yet unmapped.
     pub fn unmap_all_guest_memory(&self) -> Result<DmaStats, VfioError> {
-        let all = std::mem::take(&mut *self.mappings.lock().unwrap());
+        let all = std::mem::take(&mut *self.mappings.lock().unwrap_or_else(|e| e.into_inner()));
         self.unmap(all)
     }
 

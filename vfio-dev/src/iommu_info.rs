@@ -11,14 +11,19 @@ use std::os::fd::AsRawFd;
 
 use vfio_bindings::bindings::vfio::{
     vfio_info_cap_header, vfio_iommu_type1_info, vfio_iommu_type1_info_cap_iova_range,
-    vfio_iommu_type1_info_dma_avail, vfio_iova_range, VFIO_BASE, VFIO_IOMMU_INFO_CAPS,
+    vfio_iommu_type1_info_dma_avail, vfio_iova_range, VFIO_IOMMU_INFO_CAPS,
     VFIO_IOMMU_INFO_PGSIZES, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL,
-    VFIO_TYPE,
 };
 use vmm_sys_util::ioctl::ioctl_with_mut_ptr;
-use vmm_sys_util::ioctl_io_nr;
+/// The kernel's VFIO ioctl numbers this module needs and vfio-ioctls keeps private.
+mod ioctl_numbers {
+    #![allow(missing_docs)]
+    use vfio_bindings::bindings::vfio::{VFIO_BASE, VFIO_TYPE};
+    use vmm_sys_util::ioctl_io_nr;
 
-ioctl_io_nr!(VFIO_IOMMU_GET_INFO, VFIO_TYPE as u32, VFIO_BASE + 12);
+    ioctl_io_nr!(VFIO_IOMMU_GET_INFO, VFIO_TYPE as u32, VFIO_BASE + 12);
+}
+use ioctl_numbers::VFIO_IOMMU_GET_INFO;
 
 /// Capability chains longer than this are treated as corrupt.
 const MAX_CAPS: usize = 64;

@@ -53,6 +53,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// The control API (`--api-socket`), if any.
     pub api: Option<ApiConfig>,
+    /// `--seccomp`: how each thread is confined.
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 /// `--api-socket`: where the control API listens and how long a hot-remove waits.

@@ -219,9 +219,9 @@ mod tests {
         let t = RoutingTable::default();
         let e = t.entries();
         assert_eq!(e.len(), 16 * 2 + 8);
-        // SAFETY (test): irqchip entries carry the irqchip union member.
         let chips: Vec<(u32, u32, u32)> = e
             .iter()
+            // SAFETY: irqchip entries carry the irqchip union member.
             .map(|r| unsafe { (r.gsi, r.u.irqchip.irqchip, r.u.irqchip.pin) })
             .collect();
         assert!(chips.contains(&(9, KVM_IRQCHIP_PIC_SLAVE, 1)));
@@ -240,7 +240,7 @@ mod tests {
         let e = t.entries();
         let last = e.last().unwrap();
         assert_eq!((last.gsi, last.type_), (25, KVM_IRQ_ROUTING_MSI));
-        // SAFETY (test): MSI entries carry the msi union member.
+        // SAFETY: MSI entries carry the msi union member.
         let msi = unsafe { last.u.msi };
         assert_eq!(
             (msi.address_lo, msi.address_hi, msi.data),

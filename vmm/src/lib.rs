@@ -4,6 +4,9 @@
 //! `run` reads top to bottom like the boot sequence. Address layout and boot-protocol details
 //! belong to `arch`, device behaviour to `devices`; this crate only puts them together.
 
+// Tests may unwrap: a panic there is a failed test, not a dead VMM.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod api;
 pub mod config;
 mod console;
@@ -14,6 +17,7 @@ mod interrupts;
 mod legacy;
 pub mod memory;
 mod passthrough;
+pub mod seccomp;
 mod signals;
 mod vcpu;
 mod vm;
@@ -112,6 +116,9 @@ pub enum Error {
     /// The control API could not listen.
     #[error(transparent)]
     Api(#[from] api::SocketError),
+    /// A seccomp filter could not be built or installed.
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
     /// The PCI segments could not be laid out.
     #[error(transparent)]
     PciLayout(#[from] LayoutError),
@@ -267,6 +274,17 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     // that pins it), so it is dropped after them: locals drop in reverse order. `ram` owns the
     // host mappings; everything else holds clones of the regions.
     let ram = memory::create_guest_memory(config.memory_bytes, &config.memory)?;
+    // The filters are compiled now, so a bad list fails before anything runs; each thread
+    // applies its own when it starts, the VMM thread just before the event loop.
+    let filters = seccomp::Filters::new(config.seccomp)?;
+    {
+        let filters = filters.clone();
+        devices::thread_hook::set_worker_start(Box::new(move || {
+            filters
+                .apply(seccomp::ThreadKind::Worker)
+                .map_err(|e| error_chain(&e))
+        }));
+    }
     info!(
         "guest RAM: {} MiB of {}{} memory, mapped in {:?}",
         config.memory_bytes >> 20,
@@ -456,6 +474,7 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
             api::ApiServer::serve(
                 api_listener.take().expect("opened with the API config"),
                 control.clone(),
+                filters.clone(),
             )?,
             control,
         ));
@@ -472,15 +491,19 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
             mmio: mmio.clone(),
         };
         let (exit, stop, stats) = (exit.clone(), stop.clone(), stats.clone());
+        let filters = filters.clone();
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || vcpu.run(buses, exit, stop, stats))
+            .spawn(move || vcpu.run(buses, exit, stop, stats, filters))
             .map_err(|e| Error::VcpuThread(index as u8, e))?;
         threads.push(handle);
     }
 
     let guest_started = Instant::now();
-    let loop_result = event_loop(&exit, legacy.com1, config.serial == config::SerialMode::Tty);
+    let loop_result = filters
+        .apply(seccomp::ThreadKind::Vmm)
+        .map_err(Error::from)
+        .and_then(|()| event_loop(&exit, legacy.com1, config.serial == config::SerialMode::Tty));
     let guest_ran = guest_started.elapsed();
     if loop_result.is_err() {
         exit.notify(ExitReason::Failure);

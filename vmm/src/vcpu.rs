@@ -53,6 +53,14 @@ impl std::fmt::Display for ExitStats {
 /// Why a vCPU ended the VM without the guest asking for it.
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuFailure {
+    /// The vCPU thread could not confine itself (`--seccomp`).
+    #[error("vCPU {index}: {reason}")]
+    Confine {
+        /// The vCPU.
+        index: u8,
+        /// Why (the seccomp error chain).
+        reason: String,
+    },
     /// The guest reported a crash through KVM.
     #[error("vCPU {index}: the guest reported a crash (KVM_SYSTEM_EVENT_CRASH)")]
     Crash {
@@ -257,8 +265,19 @@ impl Vcpu {
         exit: ExitNotifier,
         stop: Arc<AtomicBool>,
         stats: Arc<ExitStats>,
+        filters: crate::seccomp::Filters,
     ) -> Option<VcpuFailure> {
         let index = self.index;
+        // Confined before the first KVM_RUN: the guest never reaches an unconfined vCPU.
+        if let Err(e) = filters.apply(crate::seccomp::ThreadKind::Vcpu) {
+            let failure = VcpuFailure::Confine {
+                index,
+                reason: crate::error_chain(&e),
+            };
+            error!("{failure}");
+            exit.notify(ExitReason::Failure);
+            return Some(failure);
+        }
         while !stop.load(Ordering::Acquire) {
             let result = self.fd.run();
             let port_io = match &result {

@@ -119,11 +119,18 @@ impl Drop for ApiListener {
 impl ApiServer {
     /// Listens on `socket` and serves `vm` until stopped.
     pub fn start(socket: &ApiSocket, vm: Arc<dyn VmApi>) -> Result<Self, SocketError> {
-        Self::serve(ApiListener::open(socket)?, vm)
+        let filters = crate::seccomp::Filters::new(crate::seccomp::SeccompMode::Off)
+            .expect("no filters to build when off");
+        Self::serve(ApiListener::open(socket)?, vm, filters)
     }
 
-    /// Serves `vm` on `listener` until stopped.
-    pub fn serve(mut listener: ApiListener, vm: Arc<dyn VmApi>) -> Result<Self, SocketError> {
+    /// Serves `vm` on `listener` until stopped; the accepting thread (and so every connection
+    /// thread it starts) confines itself with `filters` first.
+    pub fn serve(
+        mut listener: ApiListener,
+        vm: Arc<dyn VmApi>,
+        filters: crate::seccomp::Filters,
+    ) -> Result<Self, SocketError> {
         let path = listener.path.take();
         let socket = listener
             .listener
@@ -137,7 +144,13 @@ impl ApiServer {
         let stop_flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("api".into())
-            .spawn(move || accept_loop(socket, vm, stop_flag));
+            .spawn(move || {
+                if let Err(e) = filters.apply(crate::seccomp::ThreadKind::Api) {
+                    log::error!("API: not serving: {}", crate::error_chain(&e));
+                    return;
+                }
+                accept_loop(socket, vm, stop_flag)
+            });
         let thread = match thread {
             Ok(t) => t,
             Err(source) => {

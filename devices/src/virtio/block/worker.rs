@@ -98,6 +98,9 @@ impl Drop for Worker {
 
 impl Context {
     fn run(mut self, _stop: EventFd) {
+        if !crate::thread_hook::worker_started(&self.disk.name) {
+            return;
+        }
         // Anything the driver queued before we listened (or a kick we would otherwise miss).
         for i in 0..self.queues.len() {
             self.process(i);
