@@ -82,7 +82,10 @@ if [[ $DEVICE == 1 ]]; then
 	echo "NVMe marker read:   $(value GUEST-NVME-MARKER) (expected $NVME_MARKER)"
 	echo "NVMe write read:    $(value GUEST-NVME-WROTE) (expected $MARKER)"
 	echo "NVMe interrupts:    $(value GUEST-NVME-IRQ-MODE), $(value GUEST-NVME-IRQS) in all:"
-	tr -d '\r' <"$OUT/serial.log" | grep -ao 'GUEST-IRQ=.*' | sed 's/^GUEST-IRQ=/  /'
+	# GUEST-IRQ=<irq>,<count on CPU0>,<count on CPU1>,...,<chip>,<hwirq>,<name>
+	tr -d '\r' <"$OUT/serial.log" | grep -ao 'GUEST-IRQ=.*' | sed 's/^GUEST-IRQ=//' |
+		awk -F, '{ per = ""; for (i = 2; i <= NF - 3; i++) per = per (i > 2 ? " + " : "") $i;
+			printf "  IRQ %s %s: %s (per CPU)\n", $1, $NF, per }'
 	on_disk=$(dd if="$OUT/nvme.img" bs=512 skip=1 count=1 status=none | tr -d '\000' | head -n1)
 	echo "on the drive image: $on_disk (sector 1, read on this machine)"
 	[[ $(value GUEST-NVME-MARKER) == "$NVME_MARKER" && $on_disk == "$MARKER" ]] || ok=0
