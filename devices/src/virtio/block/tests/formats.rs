@@ -60,8 +60,19 @@ fn qcow2_content(image: &TempImage, len: usize) -> Vec<u8> {
     buf
 }
 
+/// The error and its sources, one line, as the CLI prints them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        line = format!("{line}: {s}");
+        source = s.source();
+    }
+    line
+}
+
 fn open_with(cfg: &BlockConfig) -> Result<Driver, String> {
-    let blk = VirtioBlock::open(cfg).map_err(|e| e.to_string())?;
+    let blk = VirtioBlock::open(cfg).map_err(|e| chain(&e))?;
     let mut d = Driver::new(Box::new(blk));
     d.start();
     Ok(d)
