@@ -177,20 +177,27 @@ pub struct Cli {
     /// A virtio-blk disk, one value per disk. Takes several values and may be repeated; the guest
     /// sees the disks in command-line order (/dev/vda, /dev/vdb, ...).
     ///
-    /// Keys: `path` (required) is a raw disk image or a host block device; it must be readable,
-    /// and writable unless `readonly=on`. `readonly=on` shows the guest a read-only disk (default
-    /// off). `pci_segment` is the guest PCI segment, below `--platform num_pci_segments` (default
-    /// 0). `id` names the disk in messages and is its serial unless `serial` is given; ids are
-    /// unique. `serial` is the serial number the guest reads (/sys/block/vdX/serial), at most 20
-    /// printable ASCII bytes. `image_type=raw` is accepted; other image types and the
-    /// cloud-hypervisor keys direct, iommu, num_queues, queue_size, vhost_user, socket, the rate
-    /// limits (bw_*, ops_*, rate_limit_group), queue_affinity, pci_device_id, backing_files and
-    /// sparse are not supported.
+    /// Keys: `path` (required) is a disk image or a host block device; it must be readable, and
+    /// writable unless `readonly=on`. `image_type=raw|qcow2` says what the file holds; without
+    /// it viaduct reads the file's magic: a qcow2 image is served as qcow2, a file with no known
+    /// magic as raw (and the guest may then not write an image header at byte 0), and a format
+    /// viaduct cannot serve (VHD, VHDX, VMDK, VDI, QED, LUKS, an encrypted or zstd-compressed
+    /// qcow2) is refused, never served as raw. `backing_files=on` (with `image_type=qcow2`) opens
+    /// a qcow2 image's backing chain read-only (at most 10 deep); without it a qcow2 image that
+    /// has a backing file is refused. `readonly=on` shows the guest a read-only disk (default
+    /// off). `num_queues` (default 1, up to 255) request queues, each served by its own thread;
+    /// `queue_size` (default 256) entries each, a power of two up to 32768. `pci_segment` is the
+    /// guest PCI segment, below `--platform num_pci_segments` (default 0). `id` names the disk in
+    /// messages and is its serial unless `serial` is given; ids are unique, and an id that is
+    /// the serial must fit one. `serial` is the serial number the guest reads
+    /// (/sys/block/vdX/serial), at most 20 printable ASCII bytes. The cloud-hypervisor keys
+    /// direct, iommu, vhost_user, socket, the rate limits (bw_*, ops_*, rate_limit_group),
+    /// queue_affinity, pci_device_id and sparse are not supported.
     ///
-    /// Example: `--disk path=root.img,id=root path=seed.iso,readonly=on,serial=seed`.
+    /// Example: `--disk path=root.qcow2,id=root path=seed.iso,readonly=on,serial=seed`.
     #[arg(
         long = "disk",
-        value_name = "path=FILE[,readonly=on|off][,pci_segment=K][,id=NAME][,serial=S]",
+        value_name = "path=FILE[,readonly=on|off][,image_type=raw|qcow2][,backing_files=on|off][,num_queues=N][,queue_size=N][,pci_segment=K][,id=NAME][,serial=S]",
         num_args = 1..,
         action = ArgAction::Append
     )]

@@ -814,9 +814,19 @@ fn disk_bad_values_are_one_error_line_each() {
             "serial is 21 bytes long; the virtio-blk serial holds at most 20 bytes",
         ),
         (
-            vec![format!("path={img},num_queues=4")],
-            format!("path={img},num_queues=4"),
-            "key \"num_queues\" is a cloud-hypervisor option that viaduct does not support",
+            vec![format!("path={img},num_queues=0")],
+            format!("path={img},num_queues=0"),
+            "num_queues=0: want 1 to 255 request queues",
+        ),
+        (
+            vec![format!("path={img},image_type=vhd")],
+            format!("path={img},image_type=vhd"),
+            "image_type=vhd is not supported: viaduct serves raw and qcow2 images",
+        ),
+        (
+            vec![format!("path={img},id=a-disk-id-of-21-bytes")],
+            format!("path={img},id=a-disk-id-of-21-bytes"),
+            "is also the disk's virtio serial when serial= is not given",
         ),
         (
             vec![format!("path={img},vhost_user=on")],
@@ -880,9 +890,11 @@ fn help_describes_disk() {
     let output = viaduct(["--help"]);
     let help = String::from_utf8_lossy(&output.stdout);
     for needle in [
-        "--disk <path=FILE[,readonly=on|off][,pci_segment=K][,id=NAME][,serial=S]>...",
+        "--disk <path=FILE[,readonly=on|off][,image_type=raw|qcow2][,backing_files=on|off][,num_queues=N][,queue_size=N][,pci_segment=K][,id=NAME][,serial=S]>...",
         "at most 20",
         "image_type=raw",
+        "qcow2",
+        "backing_files=on",
         "num_queues",
         "vhost_user",
     ] {

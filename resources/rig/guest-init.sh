@@ -36,6 +36,10 @@
 #               GUEST-DISK-RO-ERROR=<dev>,<dd's error>, GUEST-DISK-RO-AFTER=<dev>,<token after>);
 #               reads viaduct_disk_mib=<N> MiB of viaduct_disk_read=<vdX> with O_DIRECT, bs=1M
 #               (GUEST-DISK-READ-MIB=, GUEST-DISK-READ-SECONDS=, GUEST-DISK-READ-MBPS=)
+#   disk-bench  runs /bin/disk-bench (added to the initramfs by resources/bench/disk-io.sh) on
+#               viaduct_bench_disk=<vdX>: 4 KiB O_DIRECT sequential/random reads/writes over the
+#               first viaduct_bench_mib=<N> MiB, viaduct_bench_seconds=<S> each
+#               (GUEST-BENCH=<test>,<MB/s>,<IOPS>)
 # Every boot prints GUEST-BLK=<name>,<512-byte sectors>,<ro 0|1>,<serial> per virtio disk.
 # Every boot prints GUEST-PCIDEV=<bdf>,<vendor>:<device>,<class> and GUEST-BAR=<bdf>,<index>,
 # <start>,<end>,<flags> for each PCI device, and with viaduct_dump_config=<bdf|vendor:device>
@@ -517,6 +521,14 @@ disk_io() {
 	fi
 }
 
+# The disk-bench step (see resources/bench/disk-io.sh).
+disk_bench() {
+	dev=$(cmdline_value viaduct_bench_disk)
+	[ -x /bin/disk-bench ] || { echo "GUEST-ERROR=disk-bench: no /bin/disk-bench in the initramfs"; return; }
+	[ -n "$dev" ] && wait_blk "$dev" || return
+	/bin/disk-bench "/dev/$dev" "$(cmdline_value viaduct_bench_mib)" "$(cmdline_value viaduct_bench_seconds)"
+}
+
 action=$(cmdline_value viaduct_action)
 action=${action:-poweroff}
 
@@ -548,6 +560,7 @@ for step in $(echo "$action" | tr ',' ' '); do
 	p2p) p2p ;;
 	hotplug) hotplug ;;
 	disk-io) disk_io ;;
+	disk-bench) disk_bench ;;
 	pci-report) ;;
 	poweroff | reboot | panic | hold) final=$step ;;
 	*) echo "GUEST-ERROR=unknown viaduct_action step '$step', powering off" ;;

@@ -105,10 +105,19 @@ impl Default for MemoryBacking {
     }
 }
 
-/// One `--disk path=…` entry: a raw image (or block device) shown to the guest as virtio-blk.
+/// The disk image formats and the errors of opening one, for the CLI's checks.
+pub use devices::virtio::block::{BlockError, ImageError, ImageType, OpenedAs};
+/// Limits and default of `--disk num_queues=` and `queue_size=`.
+pub use devices::virtio::block::{
+    MAX_QUEUES as MAX_DISK_QUEUES, MAX_QUEUE_SIZE as MAX_DISK_QUEUE_SIZE,
+    QUEUE_SIZE as DEFAULT_DISK_QUEUE_SIZE,
+};
+
+/// One `--disk path=…` entry: an image (raw or qcow2) or block device shown to the guest as
+/// virtio-blk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskConfig {
-    /// The raw image file or host block device.
+    /// The image file or host block device.
     pub path: PathBuf,
     /// `readonly=on`: the guest sees a read-only disk and writes fail with an I/O error.
     pub readonly: bool,
@@ -119,6 +128,15 @@ pub struct DiskConfig {
     pub id: Option<String>,
     /// `serial=`: the disk's serial number as the guest sees it (at most 20 bytes).
     pub serial: Option<String>,
+    /// `image_type=raw|qcow2`; None: from the file's magic (a format viaduct cannot serve is
+    /// refused).
+    pub image_type: Option<ImageType>,
+    /// `backing_files=on`: open a qcow2 image's backing chain (needs `image_type=qcow2`).
+    pub backing_files: bool,
+    /// `num_queues=`: request queues, each served by its own thread.
+    pub num_queues: u16,
+    /// `queue_size=`: entries per request queue.
+    pub queue_size: u16,
 }
 
 /// One `--device path=…` entry: a host device handed to the guest through VFIO.

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use log::info;
 
-use devices::virtio::block::{BlockConfig, VirtioBlock};
+use devices::virtio::block::{BlockConfig, BlockError, OpenedAs, VirtioBlock};
 use devices::virtio::pci::VirtioPciDevice;
 use pci::bar::BarKind;
 use pci::routing::InterruptRouter;
@@ -26,6 +26,25 @@ pub fn bar_spec() -> pci::bar::BarSpec {
     )
 }
 
+fn block_config(cfg: &DiskConfig) -> BlockConfig {
+    BlockConfig {
+        path: cfg.path.clone(),
+        image_type: cfg.image_type,
+        backing_files: cfg.backing_files,
+        num_queues: cfg.num_queues,
+        queue_size: cfg.queue_size,
+        readonly: cfg.readonly,
+        id: cfg.id.clone(),
+        serial: cfg.serial.clone(),
+    }
+}
+
+/// Opens the disk of `cfg` as the VM will, and closes it again: the CLI's check, before
+/// anything starts, that the image can be served (its format, its backing chain, its lock).
+pub fn probe(cfg: &DiskConfig) -> Result<OpenedAs, BlockError> {
+    VirtioBlock::open(&block_config(cfg)).map(|block| block.opened_as())
+}
+
 /// Attaches the disk of `cfg`, DMA into `mem`, interrupts through `router`.
 pub fn attach(
     manager: &DeviceManager,
@@ -38,14 +57,11 @@ pub fn attach(
         .clone()
         .unwrap_or_else(|| cfg.path.display().to_string());
     let mut sectors = 0;
+    let mut opened = None;
     let info = manager.attach(&format!("disk {id}"), cfg.pci_segment, |_placement| {
-        let block = VirtioBlock::open(&BlockConfig {
-            path: cfg.path.clone(),
-            readonly: cfg.readonly,
-            id: cfg.id.clone(),
-            serial: cfg.serial.clone(),
-        })?;
+        let block = VirtioBlock::open(&block_config(cfg))?;
         sectors = block.capacity_sectors();
+        opened = Some(block.opened_as());
         let device =
             VirtioPciDevice::new(Box::new(block), mem.clone(), router.clone(), BarKind::Mem64)?;
         let doorbells = device
@@ -65,11 +81,17 @@ pub fn attach(
             peer_dma: None,
         })
     })?;
+    let format = opened.map_or("", |o| match (o.image_type.name(), o.guessed) {
+        ("qcow2", true) => ", qcow2 (from its magic)",
+        ("qcow2", false) => ", qcow2",
+        _ => "",
+    });
     info!(
-        "disk {id}: virtio-blk at {:04x}:{}, {sectors} sectors{}",
+        "disk {id}: virtio-blk at {:04x}:{}, {sectors} sectors{format}{}, {} queue(s)",
         info.segment,
         info.bdf,
-        if cfg.readonly { ", read-only" } else { "" }
+        if cfg.readonly { ", read-only" } else { "" },
+        cfg.num_queues
     );
     Ok(info)
 }

@@ -12,7 +12,7 @@ pub mod config;
 mod console;
 mod control;
 pub mod device_manager;
-mod disks;
+pub mod disks;
 mod interrupts;
 mod legacy;
 pub mod memory;

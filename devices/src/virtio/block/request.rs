@@ -1,5 +1,5 @@
-//! One virtio-blk request: parse the descriptor chain, do the I/O on the backing file, write
-//! the status byte.
+//! One virtio-blk request: parse the descriptor chain, do the I/O on the image, write the
+//! status byte.
 //!
 //! A request is a device-readable header (`virtio_blk_outhdr`: type, reserved, sector), the
 //! data buffers (device-readable for writes, device-writable for reads and GET_ID) and a final
@@ -7,9 +7,11 @@
 //! the end) and host I/O errors complete the request with `VIRTIO_BLK_S_IOERR`; a chain without
 //! a writable status byte cannot be answered and is returned to the driver untouched. Nothing
 //! the guest puts in a chain can panic the VMM.
+//!
+//! Data moves with no bounce buffer: the chain's data descriptors become guest-memory slices
+//! handed to the image in one vectored call (`preadv`/`pwritev` for raw images).
 
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
@@ -17,13 +19,11 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Reader, Writer};
-use vm_memory::{Address, Bytes};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
 
 use super::{Disk, SECTOR_SIZE};
 use crate::virtio::GuestMemory;
 
-/// Largest bounce buffer used to move data between guest memory and the file.
-const CHUNK: usize = 1 << 20;
 /// Bytes of `virtio_blk_outhdr`.
 const HEADER_LEN: usize = 16;
 
@@ -64,7 +64,7 @@ pub(crate) fn execute(disk: &Disk, mem: &GuestMemory, chain: DescriptorChain<&Gu
         Ok((status, written)) => (status, written),
         Err(f) => {
             if f.host {
-                log::warn!("{}: request {head} failed: {}", disk.name, f.reason);
+                crate::warn_limited!("{}: request {head} failed: {}", disk.name, f.reason);
             } else {
                 log::debug!("{}: request {head} refused: {}", disk.name, f.reason);
             }
@@ -118,8 +118,14 @@ fn run(
     let sector = u64::from_le_bytes(sector_bytes);
 
     match request_type {
-        VIRTIO_BLK_T_IN => read(disk, sector, &mut writer),
-        VIRTIO_BLK_T_OUT => write(disk, sector, &mut reader),
+        VIRTIO_BLK_T_IN => {
+            let bufs = data_slices(mem, descs, true, 0, 1)?;
+            read(disk, sector, &bufs)
+        }
+        VIRTIO_BLK_T_OUT => {
+            let bufs = data_slices(mem, descs, false, HEADER_LEN, 0)?;
+            write(disk, sector, &bufs)
+        }
         VIRTIO_BLK_T_FLUSH => flush(disk),
         VIRTIO_BLK_T_GET_ID => get_id(disk, &mut writer),
         other => {
@@ -153,59 +159,93 @@ fn byte_range(disk: &Disk, sector: u64, len: usize) -> Result<u64, Failure> {
     Ok(offset)
 }
 
-fn read(disk: &Disk, sector: u64, writer: &mut Writer<'_>) -> Result<(u32, u32), Failure> {
-    let len = writer.available_bytes();
-    let offset = byte_range(disk, sector, len)?;
-    let mut buf = vec![0u8; len.min(CHUNK)];
-    let mut done = 0usize;
-    while done < len {
-        let n = (len - done).min(CHUNK);
-        let failed = |reason: String, host: bool| Failure {
-            written: done as u32,
-            reason,
-            host,
+/// The guest memory of the chain's device-writable (`writable`) or device-readable descriptors,
+/// less `skip` bytes at the front (the header) and `drop` at the back (the status byte), as
+/// host slices ready for vectored I/O.
+fn data_slices<'m>(
+    mem: &'m GuestMemory,
+    descs: &[Descriptor],
+    writable: bool,
+    skip: usize,
+    drop: usize,
+) -> Result<Vec<VolatileSlice<'m>>, Failure> {
+    let mut ranges: Vec<(GuestAddress, usize)> = descs
+        .iter()
+        .filter(|d| d.is_write_only() == writable)
+        .map(|d| (d.addr(), d.len() as usize))
+        .collect();
+    let mut skip = skip;
+    while skip > 0 {
+        let Some(first) = ranges.first_mut() else {
+            break;
         };
-        disk.file
-            .read_exact_at(&mut buf[..n], offset + done as u64)
-            .map_err(|e| failed(format!("read at byte {}: {e}", offset + done as u64), true))?;
-        writer
-            .write_all(&buf[..n])
-            .map_err(|e| failed(format!("copy to guest memory: {e}"), false))?;
-        done += n;
+        let n = skip.min(first.1);
+        first.0 = first.0.unchecked_add(n as u64);
+        first.1 -= n;
+        skip -= n;
+        if first.1 == 0 {
+            ranges.remove(0);
+        }
     }
-    Ok((VIRTIO_BLK_S_OK, done as u32))
+    let mut drop = drop;
+    while drop > 0 {
+        let Some(last) = ranges.last_mut() else {
+            break;
+        };
+        let n = drop.min(last.1);
+        last.1 -= n;
+        drop -= n;
+        if last.1 == 0 {
+            ranges.pop();
+        }
+    }
+    let mut slices = Vec::with_capacity(ranges.len());
+    for (addr, len) in ranges {
+        for slice in GuestMemoryBackend::get_slices(mem, addr, len) {
+            let slice = slice.map_err(|e| {
+                guest_error(format!("data buffer at {:#x}+{len}: {e}", addr.raw_value()))
+            })?;
+            slices.push(slice);
+        }
+    }
+    Ok(slices)
 }
 
-fn write(disk: &Disk, sector: u64, reader: &mut Reader<'_>) -> Result<(u32, u32), Failure> {
+fn total_len(bufs: &[VolatileSlice<'_>]) -> usize {
+    bufs.iter().map(|b| b.len()).sum()
+}
+
+fn read(disk: &Disk, sector: u64, bufs: &[VolatileSlice<'_>]) -> Result<(u32, u32), Failure> {
+    let len = total_len(bufs);
+    let offset = byte_range(disk, sector, len)?;
+    disk.backend.read(bufs, offset).map_err(|e| Failure {
+        written: 0,
+        reason: format!("read of {len} bytes at byte {offset}: {e}"),
+        host: true,
+    })?;
+    Ok((VIRTIO_BLK_S_OK, u32::try_from(len).unwrap_or(u32::MAX)))
+}
+
+fn write(disk: &Disk, sector: u64, bufs: &[VolatileSlice<'_>]) -> Result<(u32, u32), Failure> {
     if disk.readonly {
         return Err(guest_error("write to a read-only disk"));
     }
-    let len = reader.available_bytes();
+    let len = total_len(bufs);
     let offset = byte_range(disk, sector, len)?;
-    let mut buf = vec![0u8; len.min(CHUNK)];
-    let mut done = 0usize;
-    while done < len {
-        let n = (len - done).min(CHUNK);
-        reader
-            .read_exact(&mut buf[..n])
-            .map_err(|e| guest_error(format!("copy from guest memory: {e}")))?;
-        disk.file
-            .write_all_at(&buf[..n], offset + done as u64)
-            .map_err(|e| Failure {
-                written: 0,
-                reason: format!("write at byte {}: {e}", offset + done as u64),
-                host: true,
-            })?;
-        done += n;
-    }
+    disk.backend.write(bufs, offset).map_err(|e| Failure {
+        written: 0,
+        reason: format!("write of {len} bytes at byte {offset}: {e}"),
+        // A write the guard refused is the guest's doing.
+        host: e.kind() != std::io::ErrorKind::PermissionDenied,
+    })?;
     Ok((VIRTIO_BLK_S_OK, 0))
 }
 
 fn flush(disk: &Disk) -> Result<(u32, u32), Failure> {
     if !disk.readonly {
-        disk.file.sync_data().map_err(|e| Failure {
+        disk.backend.flush().map_err(|e| Failure {
             written: 0,
-            reason: format!("fdatasync: {e}"),
+            reason: format!("flush: {e}"),
             host: true,
         })?;
     }

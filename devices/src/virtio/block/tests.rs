@@ -7,6 +7,9 @@ use virtio_bindings::virtio_blk::{
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
+
+mod formats;
+mod queues;
 use crate::virtio::pci::layout::DEVICE_CFG_OFFSET;
 use crate::virtio::test_driver::{pattern, Buf, Driver, TempImage, DATA};
 
@@ -19,6 +22,10 @@ const UNTOUCHED: u8 = 0xaa;
 fn config(image: &TempImage, readonly: bool) -> BlockConfig {
     BlockConfig {
         path: image.0.clone(),
+        image_type: None,
+        backing_files: false,
+        num_queues: 1,
+        queue_size: QUEUE_SIZE,
         readonly,
         id: Some("disk0".into()),
         serial: None,
@@ -228,9 +235,8 @@ fn open_errors_name_the_disk() {
 
     let missing = BlockConfig {
         path: image.0.with_extension("missing"),
-        readonly: false,
         id: None,
-        serial: None,
+        ..config(&image, false)
     };
     let e = VirtioBlock::open(&missing).err().unwrap();
     assert!(e.to_string().contains(".missing"), "{e}");

@@ -1,6 +1,11 @@
-//! The virtio-blk worker thread: waits (epoll) on the queues' notification eventfds and a stop
-//! eventfd, drains each notified queue through `virtio-queue`, and signals the driver once per
-//! batch of used buffers. All disk I/O of a device happens here, never on a vCPU.
+//! A virtio-blk worker thread: one per request queue. It waits (epoll) on its queue's
+//! notification eventfd and a stop eventfd, drains the queue through `virtio-queue`, and
+//! signals the driver once per batch of used buffers. All disk I/O of a device happens on its
+//! workers, never on a vCPU.
+//!
+//! A driver can keep a queue busy without end (a vCPU refilling the ring as fast as it is
+//! drained). The worker therefore serves at most [`BATCH`] requests per turn and looks at the
+//! stop eventfd between turns, so a device reset, which joins the workers, always returns.
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -12,12 +17,18 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{request, Disk};
 use crate::virtio::{ActiveQueue, GuestMemory, VirtioInterrupt};
+use crate::warn_limited;
 
-/// Epoll token of the stop eventfd; queue `i` uses token `i`.
-const STOP_TOKEN: u64 = u64::MAX;
+/// Epoll token of the stop eventfd.
+const STOP_TOKEN: u64 = 0;
+/// Epoll token of the queue's notification eventfd.
+const QUEUE_TOKEN: u64 = 1;
+/// Most requests served before the worker checks whether it must stop (and signals the
+/// driver for what it completed so far).
+pub(crate) const BATCH: usize = 64;
 
 /// A running worker; stopping it (or dropping it) waits for the thread to finish its current
-/// request and exit.
+/// batch and exit.
 pub(crate) struct Worker {
     stop: EventFd,
     handle: Option<JoinHandle<()>>,
@@ -27,17 +38,26 @@ pub(crate) struct Worker {
 struct Context {
     disk: Arc<Disk>,
     mem: Arc<GuestMemory>,
-    queues: Vec<ActiveQueue>,
+    queue: ActiveQueue,
     interrupt: Arc<dyn VirtioInterrupt>,
     epoll: Epoll,
 }
 
+/// Whether a turn left requests in the queue.
+#[derive(Debug, PartialEq, Eq)]
+enum Turn {
+    /// The queue is empty and notifications are on again.
+    Drained,
+    /// [`BATCH`] requests were served and more are waiting.
+    More,
+}
+
 impl Worker {
-    /// Starts serving `queues` of `disk`.
+    /// Starts serving `queue` of `disk`.
     pub(crate) fn spawn(
         disk: Arc<Disk>,
         mem: Arc<GuestMemory>,
-        queues: Vec<ActiveQueue>,
+        queue: ActiveQueue,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> std::io::Result<Self> {
         let stop = EventFd::new(EFD_NONBLOCK)?;
@@ -50,15 +70,13 @@ impl Worker {
             )
         };
         add(stop.as_raw_fd(), STOP_TOKEN)?;
-        for (i, q) in queues.iter().enumerate() {
-            add(q.notify.as_raw_fd(), i as u64)?;
-        }
+        add(queue.notify.as_raw_fd(), QUEUE_TOKEN)?;
         let thread_stop = stop.try_clone()?;
-        let name = format!("virtio-blk {}", disk.name);
+        let name = format!("virtio-blk {} q{}", disk.name, queue.index);
         let ctx = Context {
             disk,
             mem,
-            queues,
+            queue,
             interrupt,
             epoll,
         };
@@ -102,12 +120,12 @@ impl Context {
             return;
         }
         // Anything the driver queued before we listened (or a kick we would otherwise miss).
-        for i in 0..self.queues.len() {
-            self.process(i);
-        }
-        let mut events = vec![EpollEvent::default(); self.queues.len() + 1];
+        let mut more = self.process() == Turn::More;
+        let mut events = [EpollEvent::default(); 2];
         loop {
-            let n = match self.epoll.wait(-1, &mut events) {
+            // With work left, only look (timeout 0) whether we must stop, then go on.
+            let timeout = if more { 0 } else { -1 };
+            let n = match self.epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -115,66 +133,79 @@ impl Context {
                     return;
                 }
             };
-            for event in &events[..n] {
-                match event.data() {
-                    STOP_TOKEN => return,
-                    token => {
-                        let i = token as usize;
-                        let _ = self.queues[i].notify.read();
-                        self.process(i);
-                    }
-                }
+            let ready = &events[..n];
+            if ready.iter().any(|e| e.data() == STOP_TOKEN) {
+                return;
+            }
+            if ready.iter().any(|e| e.data() == QUEUE_TOKEN) {
+                let _ = self.queue.notify.read();
+                more = true;
+            }
+            if more {
+                more = self.process() == Turn::More;
             }
         }
     }
 
-    /// Serves every available request of queue `i`, then signals the driver if any completed.
-    fn process(&mut self, i: usize) {
+    /// Serves up to [`BATCH`] available requests, then signals the driver if any completed.
+    fn process(&mut self) -> Turn {
         let mem = &*self.mem;
         let disk = &*self.disk;
-        let q = &mut self.queues[i];
+        let q = &mut self.queue;
         let mut completed = 0usize;
         let mut idle_rounds = 0;
-        loop {
+        let turn = loop {
             if let Err(e) = q.queue.disable_notification(mem) {
-                log::warn!("{}: queue {}: {e}", disk.name, q.index);
+                warn_limited!("{}: queue {}: {e}", disk.name, q.index);
             }
             let mut popped = 0;
-            while let Some(chain) = q.queue.pop_descriptor_chain(mem) {
+            while completed < BATCH {
+                let Some(chain) = q.queue.pop_descriptor_chain(mem) else {
+                    break;
+                };
                 let head = chain.head_index();
                 let len = request::execute(disk, mem, chain);
                 if let Err(e) = q.queue.add_used(mem, head, len) {
-                    log::warn!(
+                    warn_limited!(
                         "{}: queue {}: cannot complete request: {e}",
                         disk.name,
                         q.index
                     );
                 }
+                #[cfg(test)]
+                if let Some(hook) = &disk.after_request {
+                    hook();
+                }
                 popped += 1;
+                completed += 1;
             }
-            completed += popped;
+            if completed >= BATCH {
+                // Notifications stay off: the worker comes back without a kick.
+                break Turn::More;
+            }
             idle_rounds = if popped == 0 { idle_rounds + 1 } else { 0 };
             match q.queue.enable_notification(mem) {
                 // More arrived while notifications were off; a ring whose index says so but
                 // yields nothing twice in a row is broken, and is left alone until the next kick.
                 Ok(true) if idle_rounds < 2 => continue,
                 Ok(true) => {
-                    log::warn!(
+                    warn_limited!(
                         "{}: queue {}: the available ring index is invalid",
                         disk.name,
                         q.index
                     );
-                    break;
+                    break Turn::Drained;
                 }
-                Ok(false) => break,
+                Ok(false) => break Turn::Drained,
                 Err(e) => {
-                    log::warn!("{}: queue {}: {e}", disk.name, q.index);
-                    break;
+                    warn_limited!("{}: queue {}: {e}", disk.name, q.index);
+                    break Turn::Drained;
                 }
             }
-        }
+        };
         if completed > 0 && q.queue.needs_notification(mem).unwrap_or(true) {
             self.interrupt.signal_queue(q.index);
         }
+        turn
     }
 }
