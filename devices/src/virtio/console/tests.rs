@@ -1,0 +1,200 @@
+//! Tests of [`super::VirtioConsole`], driven through the virtio-pci transport like a guest
+//! driver: receiveq is queue 0, transmitq queue 1.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pci::device::PciDevice;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::*;
+use crate::virtio::pci::layout::DEVICE_CFG_OFFSET;
+use crate::virtio::status;
+use crate::virtio::test_driver::{Buf, Driver, DATA};
+
+/// An output the test can read back.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Waits until `len` bytes arrived; returns them.
+    fn wait_for(&self, len: usize) -> Vec<u8> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.0.lock().unwrap().clone();
+            if got.len() >= len {
+                return got;
+            }
+            assert!(Instant::now() < deadline, "only {got:?} arrived");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+struct Console {
+    d: Driver,
+    out: Captured,
+    /// The host end of the input: what is written here reaches the guest.
+    host: Option<UnixStream>,
+}
+
+fn console(with_input: bool) -> Console {
+    let out = Captured::default();
+    let (host, input) = if with_input {
+        let (a, b) = UnixStream::pair().unwrap();
+        (Some(a), Some(File::from(OwnedFd::from(b))))
+    } else {
+        (None, None)
+    };
+    let dev = VirtioConsole::new(
+        "console",
+        Box::new(out.clone()),
+        input,
+        ConsoleSize {
+            cols: 132,
+            rows: 43,
+        },
+    );
+    let mut d = Driver::new(Box::new(dev));
+    d.start_queues(2);
+    Console { d, out, host }
+}
+
+#[test]
+fn config_space_has_the_size_and_one_port_and_features_are_chs() {
+    let dev = VirtioConsole::new(
+        "console",
+        Box::new(std::io::sink()),
+        None,
+        ConsoleSize { cols: 80, rows: 25 },
+    );
+    let mut d = Driver::new(Box::new(dev));
+    let cfg = |d: &mut Driver, at: usize, len| d.read(DEVICE_CFG_OFFSET + at as u64, len);
+    assert_eq!(cfg(&mut d, config_offset::COLS, 2), 80);
+    assert_eq!(cfg(&mut d, config_offset::ROWS, 2), 25);
+    assert_eq!(cfg(&mut d, config_offset::COLS, 4), 25 << 16 | 80);
+    assert_eq!(cfg(&mut d, config_offset::MAX_NR_PORTS, 4), 1);
+    assert_eq!(cfg(&mut d, config_offset::EMERG_WR, 4), 0);
+    assert_eq!(
+        cfg(&mut d, config_offset::LEN, 4),
+        0,
+        "past the end reads 0"
+    );
+    // The emergency-write register is not offered: a write changes nothing.
+    d.write(DEVICE_CFG_OFFSET + config_offset::COLS as u64, 2, 1);
+    assert_eq!(cfg(&mut d, config_offset::COLS, 2), 80);
+    let f = d.device_features();
+    assert_eq!(f, features::VERSION_1 | 1 << VIRTIO_CONSOLE_F_SIZE);
+    // The device id the guest matches: 0x1040 + 3.
+    assert_eq!(d.dev.read_config(0) >> 16, 0x1043);
+}
+
+#[test]
+fn transmitted_buffers_reach_the_output_in_order() {
+    let mut c = console(false);
+    c.d.mem.write_slice(b"hello, ", GuestAddress(DATA)).unwrap();
+    c.d.mem
+        .write_slice(b"hvc0\n", GuestAddress(DATA + 0x100))
+        .unwrap();
+    c.d.submit_to(
+        TX_QUEUE,
+        &[Buf(DATA, 7, false), Buf(DATA + 0x100, 5, false)],
+    );
+    let (_, len) = c.d.wait_used_on(TX_QUEUE, 1);
+    assert_eq!(len, 0, "transmit buffers are used with length 0");
+    assert_eq!(c.out.wait_for(12), b"hello, hvc0\n");
+    c.d.mem.write_slice(b"more", GuestAddress(DATA)).unwrap();
+    c.d.submit_to(TX_QUEUE, &[Buf(DATA, 4, false)]);
+    c.d.wait_used_on(TX_QUEUE, 2);
+    assert_eq!(c.out.wait_for(16), b"hello, hvc0\nmore");
+}
+
+#[test]
+fn input_fills_receive_buffers_and_waits_for_them() {
+    let mut c = console(true);
+    let mut host = c.host.take().unwrap();
+    // Input before the guest posted any buffer waits for one.
+    host.write_all(b"typed early").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(c.d.used_idx_of(RX_QUEUE), 0);
+    c.d.submit_to(RX_QUEUE, &[Buf(DATA, 64, true)]);
+    let (_, len) = c.d.wait_used_on(RX_QUEUE, 1);
+    assert_eq!(len, 11);
+    assert_eq!(c.d.mem_read(DATA, 11), b"typed early");
+    // More than one buffer holds is split across buffers, in order.
+    c.d.submit_to(RX_QUEUE, &[Buf(DATA + 0x100, 4, true)]);
+    c.d.submit_to(
+        RX_QUEUE,
+        &[Buf(DATA + 0x200, 4, true), Buf(DATA + 0x300, 4, true)],
+    );
+    host.write_all(b"0123456789").unwrap();
+    let (_, len) = c.d.wait_used_on(RX_QUEUE, 3);
+    assert_eq!(len, 6);
+    assert_eq!(c.d.mem_read(DATA + 0x100, 4), b"0123");
+    assert_eq!(c.d.mem_read(DATA + 0x200, 4), b"4567");
+    assert_eq!(c.d.mem_read(DATA + 0x300, 2), b"89");
+}
+
+#[test]
+fn malformed_chains_complete_and_the_console_keeps_working() {
+    let mut c = console(true);
+    let mut host = c.host.take().unwrap();
+    // Transmit buffer outside guest memory: used, nothing written out.
+    c.d.submit_to(TX_QUEUE, &[Buf(1 << 40, 16, false)]);
+    assert_eq!(c.d.wait_used_on(TX_QUEUE, 1).1, 0);
+    // A receive "buffer" the device may not write, and one outside memory: completed empty,
+    // the input stays for the next good buffer.
+    c.d.submit_to(RX_QUEUE, &[Buf(DATA, 16, false)]);
+    host.write_all(b"kept").unwrap();
+    assert_eq!(c.d.wait_used_on(RX_QUEUE, 1).1, 0);
+    c.d.submit_to(RX_QUEUE, &[Buf(1 << 40, 16, true)]);
+    assert_eq!(c.d.wait_used_on(RX_QUEUE, 2).1, 0);
+    c.d.submit_to(RX_QUEUE, &[Buf(DATA + 0x100, 16, true)]);
+    assert_eq!(c.d.wait_used_on(RX_QUEUE, 3).1, 4);
+    assert_eq!(c.d.mem_read(DATA + 0x100, 4), b"kept");
+    c.d.mem.write_slice(b"ok", GuestAddress(DATA)).unwrap();
+    c.d.submit_to(TX_QUEUE, &[Buf(DATA, 2, false)]);
+    c.d.wait_used_on(TX_QUEUE, 2);
+    assert_eq!(c.out.wait_for(2), b"ok");
+}
+
+#[test]
+fn closed_input_stops_input_but_not_output() {
+    let mut c = console(true);
+    drop(c.host.take());
+    c.d.submit_to(RX_QUEUE, &[Buf(DATA, 16, true)]);
+    c.d.mem
+        .write_slice(b"still", GuestAddress(DATA + 0x100))
+        .unwrap();
+    c.d.submit_to(TX_QUEUE, &[Buf(DATA + 0x100, 5, false)]);
+    assert_eq!(c.out.wait_for(5), b"still");
+    assert_eq!(c.d.used_idx_of(RX_QUEUE), 0, "no input to give");
+}
+
+#[test]
+fn a_driver_without_the_transmit_queue_gets_needs_reset() {
+    let dev = VirtioConsole::new(
+        "console",
+        Box::new(std::io::sink()),
+        None,
+        ConsoleSize::default(),
+    );
+    let mut d = Driver::new(Box::new(dev));
+    let f = d.device_features();
+    d.negotiate(f);
+    d.setup_queue_at(RX_QUEUE, 1);
+    assert_ne!(d.driver_ok() & status::NEEDS_RESET, 0);
+}
