@@ -10,6 +10,7 @@
 pub mod api;
 pub mod config;
 mod console;
+mod console_rng;
 mod control;
 pub mod device_manager;
 mod disks;
@@ -154,6 +155,20 @@ pub enum Error {
     /// viaduct was asked to stop by a signal.
     #[error("stopped by signal {0}")]
     Signal(&'static str),
+    /// `--console file=` could not be opened.
+    #[error("--console file={}: cannot open for writing", path.display())]
+    ConsoleFile {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// stdin could not be duplicated for `--console tty`.
+    #[error("--console tty: cannot duplicate stdin for the guest's console input")]
+    ConsoleInput(#[source] std::io::Error),
+    /// The `--rng` source could not be opened.
+    #[error(transparent)]
+    Rng(#[from] devices::virtio::rng::RngError),
 }
 
 fn kvm_open_hint(errno: i32) -> String {
@@ -367,6 +382,15 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
             .iter()
             .map(|d| (d.pci_segment, disks::bar_spec())),
     );
+    // The console and rng files are opened now, before anything is laid out or attached.
+    let console = console_rng::console_device(&config.console)?;
+    let rng = console_rng::rng_device(&config.rng)?;
+    demand.extend(
+        console
+            .iter()
+            .map(|_| (console_rng::SEGMENT, console_rng::bar_spec())),
+    );
+    demand.push((console_rng::SEGMENT, console_rng::bar_spec()));
     let ram_end = arch::memory::ram_end(config.memory_bytes);
     let iova_ranges = passthrough.iova_ranges();
     let plan = topology::plan_segments(
@@ -406,9 +430,25 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
         None => None,
     };
     let dma_mem = Arc::new(mem.clone());
+    if let Some(console) = console {
+        console_rng::attach(
+            &pci_devices.manager,
+            "__console",
+            Box::new(console),
+            &dma_mem,
+            &router,
+        )?;
+    }
     for disk in &config.disks {
         disks::attach(&pci_devices.manager, disk, &dma_mem, &router)?;
     }
+    console_rng::attach(
+        &pci_devices.manager,
+        "__rng",
+        Box::new(rng),
+        &dma_mem,
+        &router,
+    )?;
     for device in opened {
         pci_devices
             .passthrough
@@ -481,7 +521,9 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     }
 
     signals::install(&exit)?;
-    let _terminal = (config.serial == config::SerialMode::Tty).then(console::RawTerminal::enter);
+    let _terminal = (config.serial == config::SerialMode::Tty
+        || config.console == config::ConsoleMode::Tty)
+        .then(console::RawTerminal::enter);
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(vcpu::ExitStats::default());
     let mut threads = Vec::with_capacity(vcpus.len());
