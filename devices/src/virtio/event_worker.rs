@@ -27,6 +27,12 @@ pub(crate) trait EventHandler: Send + 'static {
     fn started(&mut self, epoll: &Epoll);
     /// One ready fd, registered by the device with `token`.
     fn event(&mut self, epoll: &Epoll, token: u64, events: EventSet);
+    /// How long the next wait may last, in milliseconds (-1: until an event).
+    fn timeout_ms(&self) -> i32 {
+        -1
+    }
+    /// The wait that [`EventHandler::timeout_ms`] bounded ended without an event.
+    fn timed_out(&mut self, _epoll: &Epoll) {}
 }
 
 /// A running worker thread.
@@ -60,7 +66,11 @@ impl EventWorker {
             handler.started(&epoll);
             let mut events = vec![EpollEvent::default(); 8];
             loop {
-                let n = match epoll.wait(-1, &mut events) {
+                let n = match epoll.wait(handler.timeout_ms(), &mut events) {
+                    Ok(0) => {
+                        handler.timed_out(&epoll);
+                        continue;
+                    }
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => {

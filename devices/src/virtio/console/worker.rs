@@ -6,11 +6,17 @@
 //! buffer. When the guest has posted none (no driver yet, or it is not reading), the bytes
 //! already read wait in `pending`, the input is left unread, and the next receiveq kick
 //! delivers them.
+//!
+//! Input is held back until [`RX_SETTLE`] after the driver first posted receive buffers:
+//! Linux's virtio_console posts them before it marks the port connected and throws away what
+//! arrives in between, so bytes given at once (input that was waiting on stdin when the guest
+//! booted) would be lost.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use virtio_queue::{DescriptorChain, QueueT, Reader, Writer};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -24,6 +30,8 @@ const TX_TOKEN: u64 = 1;
 const INPUT_TOKEN: u64 = 2;
 /// Bytes read from the input at a time.
 const INPUT_CHUNK: usize = 4096;
+/// How long after the first receive buffers input is held back (see the module comment).
+pub(super) const RX_SETTLE: Duration = Duration::from_secs(1);
 
 /// The worker's state.
 pub(super) struct ConsoleWorker {
@@ -36,6 +44,8 @@ pub(super) struct ConsoleWorker {
     input: Option<ConsoleInput>,
     input_watched: bool,
     pending: VecDeque<u8>,
+    /// When the driver first kicked receiveq (it had posted buffers).
+    rx_posted: Option<Instant>,
 }
 
 impl ConsoleWorker {
@@ -62,6 +72,7 @@ impl ConsoleWorker {
             input,
             input_watched: false,
             pending: VecDeque::new(),
+            rx_posted: None,
         };
         EventWorker::spawn(format!("virtio-{name}"), epoll, worker)
     }
@@ -81,8 +92,16 @@ impl ConsoleWorker {
         }
     }
 
+    /// Whether input may go to the guest yet.
+    fn rx_settled(&self) -> bool {
+        self.rx_posted.is_some_and(|t| t.elapsed() >= RX_SETTLE)
+    }
+
     /// Copies pending input into receive buffers while both last.
     fn receive(&mut self) {
+        if !self.rx_settled() {
+            return;
+        }
         let mem = &*self.mem;
         let mut completed = false;
         while !self.pending.is_empty() {
@@ -183,6 +202,7 @@ impl EventHandler for ConsoleWorker {
         match token {
             RX_TOKEN => {
                 let _ = self.rx.notify.read();
+                self.rx_posted.get_or_insert_with(Instant::now);
                 self.receive();
             }
             TX_TOKEN => {
@@ -199,6 +219,21 @@ impl EventHandler for ConsoleWorker {
             }
             _ => {}
         }
+        self.update_input_watch(epoll);
+    }
+
+    fn timeout_ms(&self) -> i32 {
+        match self.rx_posted {
+            Some(t) if !self.pending.is_empty() && !self.rx_settled() => {
+                let left = RX_SETTLE.saturating_sub(t.elapsed());
+                i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1)
+            }
+            _ => -1,
+        }
+    }
+
+    fn timed_out(&mut self, epoll: &Epoll) {
+        self.receive();
         self.update_input_watch(epoll);
     }
 }
