@@ -80,7 +80,7 @@ pub struct Cli {
     pub memory: String,
 
     /// COM1 serial port: `off` (no UART), `null` (output discarded), `tty` (viaduct's
-    /// stdin/stdout) or `file=PATH` (output appended to PATH).
+    /// stdin/stdout) or `file=PATH` (output to PATH, truncated at start as cloud-hypervisor does).
     #[arg(
         long,
         value_name = "off|null|tty|file=PATH",

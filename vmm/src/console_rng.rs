@@ -35,8 +35,8 @@ pub fn bar_spec() -> pci::bar::BarSpec {
     )
 }
 
-/// The terminal size of stdout, when it is a terminal.
-fn terminal_size() -> ConsoleSize {
+/// The terminal size of stdout, when it is a terminal (0 × 0 otherwise).
+pub(crate) fn terminal_size() -> ConsoleSize {
     let mut ws = libc::winsize {
         ws_row: 0,
         ws_col: 0,

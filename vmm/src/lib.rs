@@ -384,6 +384,10 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     );
     // The console and rng files are opened now, before anything is laid out or attached.
     let console = console_rng::console_device(&config.console)?;
+    let resizer = console
+        .as_ref()
+        .filter(|_| config.console == config::ConsoleMode::Tty)
+        .map(|c| c.resizer());
     let rng = console_rng::rng_device(&config.rng)?;
     demand.extend(
         console
@@ -521,6 +525,15 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     }
 
     signals::install(&exit)?;
+    let resize = match resizer {
+        Some(resizer) => {
+            let event = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
+                .map_err(Error::EventFd)?;
+            signals::install_winch(&event)?;
+            Some(console::ResizeWatcher::new(event, resizer))
+        }
+        None => None,
+    };
     let _terminal = (config.serial == config::SerialMode::Tty
         || config.console == config::ConsoleMode::Tty)
         .then(console::RawTerminal::enter);
@@ -545,7 +558,14 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     let loop_result = filters
         .apply(seccomp::ThreadKind::Vmm)
         .map_err(Error::from)
-        .and_then(|()| event_loop(&exit, legacy.com1, config.serial == config::SerialMode::Tty));
+        .and_then(|()| {
+            event_loop(
+                &exit,
+                legacy.com1,
+                config.serial == config::SerialMode::Tty,
+                resize,
+            )
+        });
     let guest_ran = guest_started.elapsed();
     if loop_result.is_err() {
         exit.notify(ExitReason::Failure);
@@ -583,11 +603,13 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     }
 }
 
-/// Runs the event loop (stdin → COM1, exit watch) until the VM stops.
+/// Runs the event loop (stdin → COM1, terminal resizes → virtio console, exit watch) until the
+/// VM stops.
 fn event_loop(
     exit: &ExitNotifier,
     com1: Option<legacy::Com1>,
     forward_stdin: bool,
+    resize: Option<console::ResizeWatcher>,
 ) -> Result<(), Error> {
     let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
         EventManager::new().map_err(Error::EventLoop)?;
@@ -602,6 +624,9 @@ fn event_loop(
             com1.serial,
             com1.input_drained,
         ))));
+    }
+    if let Some(watcher) = resize {
+        manager.add_subscriber(Arc::new(Mutex::new(watcher)));
     }
     while !done.load(Ordering::Acquire) {
         manager.run().map_err(Error::EventLoop)?;

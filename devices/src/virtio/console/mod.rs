@@ -2,8 +2,9 @@
 //!
 //! Two queues of 256 entries: receiveq (0, host → guest) and transmitq (1, guest → host),
 //! served by a worker thread (module `worker`) started when the driver sets DRIVER_OK. Offered
-//! features: VERSION_1 and SIZE (the terminal's columns and rows, read once when the device is
-//! built); no MULTIPORT and no EMERG_WRITE, as cloud-hypervisor. What the guest writes goes to
+//! features: VERSION_1 and SIZE (the terminal's columns and rows; a [`ConsoleResizer`] changes
+//! them and interrupts the driver, as cloud-hypervisor does on SIGWINCH); no MULTIPORT and no
+//! EMERG_WRITE, as cloud-hypervisor. What the guest writes goes to
 //! the [`ConsoleOutput`]; what the [`ConsoleInput`] delivers (the VMM's stdin for `--console
 //! tty`) is copied into the guest's receive buffers, and the input is not read while bytes are
 //! still waiting for buffers, so nothing is dropped.
@@ -63,12 +64,47 @@ pub struct ConsoleSize {
     pub rows: u16,
 }
 
+/// What the device and its [`ConsoleResizer`]s share: the configuration space, and the
+/// interrupt to raise when it changes (set while the driver runs with SIZE acked).
+#[derive(Default)]
+struct SizeState {
+    config: [u8; config_offset::LEN],
+    notify: Option<Arc<dyn VirtioInterrupt>>,
+}
+
+fn lock(state: &Mutex<SizeState>) -> std::sync::MutexGuard<'_, SizeState> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Changes the console size the guest sees (the host terminal was resized), from any thread.
+#[derive(Clone)]
+pub struct ConsoleResizer(Arc<Mutex<SizeState>>);
+
+impl ConsoleResizer {
+    /// Sets columns and rows; a driver that acked SIZE gets a configuration interrupt (Linux
+    /// then resizes hvc0). Returns whether anything changed.
+    pub fn resize(&self, size: ConsoleSize) -> bool {
+        let mut state = lock(&self.0);
+        let mut config = state.config;
+        config[config_offset::COLS..][..2].copy_from_slice(&size.cols.to_le_bytes());
+        config[config_offset::ROWS..][..2].copy_from_slice(&size.rows.to_le_bytes());
+        if config == state.config {
+            return false;
+        }
+        state.config = config;
+        if let Some(interrupt) = &state.notify {
+            interrupt.signal_config();
+        }
+        true
+    }
+}
+
 /// A virtio-console device (type 3) with one port.
 pub struct VirtioConsole {
     name: String,
     output: ConsoleOutput,
     input: Option<ConsoleInput>,
-    config: [u8; config_offset::LEN],
+    state: Arc<Mutex<SizeState>>,
     queue_sizes: [u16; 2],
     worker: Option<EventWorker>,
 }
@@ -82,18 +118,23 @@ impl VirtioConsole {
         input: Option<File>,
         size: ConsoleSize,
     ) -> Self {
-        let mut config = [0u8; config_offset::LEN];
-        config[config_offset::COLS..][..2].copy_from_slice(&size.cols.to_le_bytes());
-        config[config_offset::ROWS..][..2].copy_from_slice(&size.rows.to_le_bytes());
-        config[config_offset::MAX_NR_PORTS..][..4].copy_from_slice(&1u32.to_le_bytes());
-        Self {
+        let mut state = SizeState::default();
+        state.config[config_offset::MAX_NR_PORTS..][..4].copy_from_slice(&1u32.to_le_bytes());
+        let console = Self {
             name: name.into(),
             output: Arc::new(Mutex::new(output)),
             input: input.map(Arc::new),
-            config,
+            state: Arc::new(Mutex::new(state)),
             queue_sizes: [QUEUE_SIZE; 2],
             worker: None,
-        }
+        };
+        console.resizer().resize(size);
+        console
+    }
+
+    /// A handle that changes the size the guest sees.
+    pub fn resizer(&self) -> ConsoleResizer {
+        ConsoleResizer(self.state.clone())
     }
 }
 
@@ -115,16 +156,17 @@ impl VirtioDevice for VirtioConsole {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = lock(&self.state).config;
         for (i, b) in data.iter_mut().enumerate() {
             let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
-            *b = at.and_then(|at| self.config.get(at)).copied().unwrap_or(0);
+            *b = at.and_then(|at| config.get(at)).copied().unwrap_or(0);
         }
     }
 
     fn activate(
         &mut self,
         mem: Arc<GuestMemory>,
-        _acked_features: u64,
+        acked_features: u64,
         queues: Vec<ActiveQueue>,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
@@ -149,7 +191,7 @@ impl VirtioDevice for VirtioConsole {
             mem,
             rx,
             tx,
-            interrupt,
+            interrupt.clone(),
             self.output.clone(),
             self.input.clone(),
         )
@@ -158,10 +200,14 @@ impl VirtioDevice for VirtioConsole {
             source,
         })?;
         self.worker = Some(worker);
+        if acked_features & 1 << VIRTIO_CONSOLE_F_SIZE != 0 {
+            lock(&self.state).notify = Some(interrupt);
+        }
         Ok(())
     }
 
     fn reset(&mut self) {
+        lock(&self.state).notify = None;
         if let Some(worker) = self.worker.take() {
             worker.stop();
         }

@@ -205,3 +205,52 @@ fn a_driver_without_the_transmit_queue_gets_needs_reset() {
     d.setup_queue_at(RX_QUEUE, 1);
     assert_ne!(d.driver_ok() & status::NEEDS_RESET, 0);
 }
+
+#[test]
+fn a_resize_updates_the_size_and_interrupts_a_driver_that_acked_size() {
+    use crate::virtio::pci::layout::ISR_CFG_OFFSET;
+    let dev = VirtioConsole::new(
+        "console",
+        Box::new(std::io::sink()),
+        None,
+        ConsoleSize::default(),
+    );
+    let resizer = dev.resizer();
+    let mut d = Driver::new(Box::new(dev));
+    d.start_queues(2);
+    d.read(ISR_CFG_OFFSET, 1);
+    assert!(resizer.resize(ConsoleSize {
+        cols: 200,
+        rows: 50
+    }));
+    let cfg = |d: &mut Driver, at: usize| d.read(DEVICE_CFG_OFFSET + at as u64, 2);
+    assert_eq!(cfg(&mut d, config_offset::COLS), 200);
+    assert_eq!(cfg(&mut d, config_offset::ROWS), 50);
+    assert_eq!(d.read(ISR_CFG_OFFSET, 1) & 2, 2, "configuration interrupt");
+    assert!(
+        !resizer.resize(ConsoleSize {
+            cols: 200,
+            rows: 50
+        }),
+        "no change"
+    );
+    assert_eq!(d.read(ISR_CFG_OFFSET, 1), 0);
+
+    // A driver without SIZE sees the new numbers but gets no interrupt.
+    let dev = VirtioConsole::new(
+        "console",
+        Box::new(std::io::sink()),
+        None,
+        ConsoleSize::default(),
+    );
+    let resizer = dev.resizer();
+    let mut d = Driver::new(Box::new(dev));
+    d.negotiate(features::VERSION_1);
+    d.setup_queue_at(RX_QUEUE, 1);
+    d.setup_queue_at(TX_QUEUE, 2);
+    d.driver_ok();
+    d.read(ISR_CFG_OFFSET, 1);
+    resizer.resize(ConsoleSize { cols: 90, rows: 30 });
+    assert_eq!(d.read(ISR_CFG_OFFSET, 1), 0);
+    assert_eq!(d.read(DEVICE_CFG_OFFSET, 2), 90);
+}
