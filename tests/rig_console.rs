@@ -11,9 +11,6 @@
 //!    serial console; `--rng src=/dev/urandom` given explicitly.
 //!
 //! seccomp is on (the default) for both, so the console and rng workers run confined.
-//!
-//! A second test boots the Debian cloud image with `console=hvc0` and no UART: systemd's
-//! status, the getty's login prompt and cloud-init's report arrive on hvc0.
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
@@ -128,58 +125,4 @@ fn hvc0_serves_tty_and_file_consoles_and_the_guest_gets_entropy() {
         "hvc0 output leaked to the serial console\n{context}"
     );
     assert_hwrng_data(run);
-}
-
-/// The Debian cloud image with `console=hvc0`, `--console tty --serial off`: systemd's status
-/// lines, the login prompt of the getty systemd starts on hvc0, and cloud-init's report (the
-/// user-data writes it to /dev/hvc0) all reach viaduct's stdout through the virtio console.
-#[test]
-fn cloud_image_boots_with_its_console_on_hvc0() {
-    let test = "cloud_image_boots_with_its_console_on_hvc0";
-    let image = cloud_image();
-    let mut host = RigHost::new(test);
-    let user_data = CloudUserData {
-        marker: marker_token(),
-        file_token: marker_token(),
-        console: Some("hvc0".to_string()),
-        ..Default::default()
-    };
-    let seed = cloud_seed(host.dir(), &user_data);
-    let root = host.virtio_disk("cloud-root", &image.disk, HostDiskMode::Snapshot);
-    let seed = host.virtio_disk("cloud-seed", &seed, HostDiskMode::ReadOnly);
-    let scenario = rig_disk_check(&[&root, &seed])
-        + &viaduct_command_with_timeout(
-            &format!(
-                "--kernel {CLOUD_KERNEL_IN_L2} --initramfs {CLOUD_INITRD_IN_L2} \
-                 --cmdline \"console=hvc0 root=/dev/vda1 rw quiet systemd.show_status=1\" \
-                 --cpus boot=1 --memory size=1024M --serial off --console tty \
-                 --disk path={} --disk path={},readonly=on",
-                root.dev(),
-                seed.dev()
-            ),
-            CLOUD_VIADUCT_TIMEOUT_SECS,
-        );
-    let run = host.run_with_files(&scenario, &image.files_for_l2());
-    let context = run.context();
-    assert_eq!(
-        run.guest("CLOUD-MARKER"),
-        Some(user_data.marker.as_str()),
-        "cloud-init's marker, written to /dev/hvc0\n{context}"
-    );
-    assert!(
-        run.log.contains("[  OK  ]"),
-        "no systemd status line on hvc0\n{context}"
-    );
-    assert!(
-        run.log
-            .lines()
-            .any(|l| l.contains("hvc0") && l.contains("Debian GNU/Linux")),
-        "no getty banner for hvc0\n{context}"
-    );
-    assert!(
-        run.log.contains("login:"),
-        "no login prompt on hvc0\n{context}"
-    );
-    assert!(run.guest("POWEROFF").is_some(), "{context}");
-    assert_eq!(run.viaduct_exit(), Some(0), "{context}");
 }

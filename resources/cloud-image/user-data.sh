@@ -3,16 +3,13 @@
 # tests/rig_disk.rs and resources/cloud-image/reference.sh use it through seed.sh).
 #
 # Usage: resources/cloud-image/user-data.sh --marker TOKEN --file TOKEN [--blank DEV] [--readonly DEV]
-#                                             [--console TTY]
-#   --marker TOKEN   runcmd prints GUEST-CLOUD-MARKER=TOKEN on the report console (/dev/ttyS0)
+#   --marker TOKEN   runcmd prints GUEST-CLOUD-MARKER=TOKEN on the serial console (/dev/ttyS0)
 #   --file TOKEN     write_files writes TOKEN to /var/lib/viaduct-rig/written; reported back as
 #                    GUEST-CLOUD-FILE=TOKEN
 #   --blank DEV      runcmd writes the marker to the first sector of /dev/DEV (e.g. vdc), O_DIRECT:
 #                    GUEST-DISK-WROTE=DEV,<token read back>
 #   --readonly DEV   runcmd tries to write to /dev/DEV (e.g. vdd): GUEST-DISK-RO-FLAG=DEV,<0|1>,
 #                    GUEST-DISK-RO-WRITE=DEV,refused|accepted
-#   --console TTY    the report console: every GUEST- line goes to /dev/TTY (default ttyS0; hvc0
-#                    for the virtio console)
 # Then cloud-init's power_state powers the guest off. Its condition, which cloud-init runs once
 # it has finished, waits (at most 120 s) for systemd to finish booting and reports:
 #   GUEST-SYSTEMD-STATE=running|degraded|...   systemctl is-system-running --wait
@@ -22,18 +19,17 @@
 #   GUEST-CLOUD-FILE=<token>, GUEST-ROOT=<root device>, GUEST-UPTIME=<s>, GUEST-POWEROFF=cloud-init
 set -euo pipefail
 
-MARKER="" FILE_TOKEN="" BLANK="" READONLY="" CONSOLE=ttyS0
+MARKER="" FILE_TOKEN="" BLANK="" READONLY=""
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--marker) MARKER=${2:?}; shift 2 ;;
 	--file) FILE_TOKEN=${2:?}; shift 2 ;;
 	--blank) BLANK=${2:?}; shift 2 ;;
 	--readonly) READONLY=${2:?}; shift 2 ;;
-	--console) CONSOLE=${2:?}; shift 2 ;;
-	*) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+	*) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 	esac
 done
-for v in "$MARKER" "$FILE_TOKEN" "$BLANK" "$READONLY" "$CONSOLE"; do
+for v in "$MARKER" "$FILE_TOKEN" "$BLANK" "$READONLY"; do
 	[[ $v =~ ^[A-Za-z0-9._-]*$ ]] || { echo "user-data.sh: '$v' is not a plain token" >&2; exit 2; }
 done
 [[ -n $MARKER && -n $FILE_TOKEN ]] || { echo "user-data.sh: --marker and --file are required" >&2; exit 2; }
@@ -59,19 +55,19 @@ write_files:
         echo "GUEST-ROOT=\$(findmnt -n -o SOURCE /)"
         echo "GUEST-UPTIME=\$(cut -d' ' -f1 /proc/uptime)"
         echo "GUEST-POWEROFF=cloud-init"
-      } >/dev/$CONSOLE
+      } >/dev/ttyS0
       exit 0
 runcmd:
-  - [sh, -c, "echo GUEST-CLOUD-MARKER=$MARKER >/dev/$CONSOLE"]
+  - [sh, -c, "echo GUEST-CLOUD-MARKER=$MARKER >/dev/ttyS0"]
 EOF
 if [[ -n $BLANK ]]; then
 	cat <<EOF
-  - [sh, -c, "printf $MARKER | dd of=/dev/$BLANK bs=512 count=1 conv=sync,fsync oflag=direct 2>/dev/null; echo GUEST-DISK-WROTE=$BLANK,\$(dd if=/dev/$BLANK bs=512 count=1 iflag=direct 2>/dev/null | tr -cd 'A-Za-z0-9._-') >/dev/$CONSOLE"]
+  - [sh, -c, "printf $MARKER | dd of=/dev/$BLANK bs=512 count=1 conv=sync,fsync oflag=direct 2>/dev/null; echo GUEST-DISK-WROTE=$BLANK,\$(dd if=/dev/$BLANK bs=512 count=1 iflag=direct 2>/dev/null | tr -cd 'A-Za-z0-9._-') >/dev/ttyS0"]
 EOF
 fi
 if [[ -n $READONLY ]]; then
 	cat <<EOF
-  - [sh, -c, "echo GUEST-DISK-RO-FLAG=$READONLY,\$(cat /sys/block/$READONLY/ro) >/dev/$CONSOLE; if printf $MARKER | dd of=/dev/$READONLY bs=512 count=1 conv=sync,fsync oflag=direct 2>/dev/null; then r=accepted; else r=refused; fi; echo GUEST-DISK-RO-WRITE=$READONLY,\$r >/dev/$CONSOLE"]
+  - [sh, -c, "echo GUEST-DISK-RO-FLAG=$READONLY,\$(cat /sys/block/$READONLY/ro) >/dev/ttyS0; if printf $MARKER | dd of=/dev/$READONLY bs=512 count=1 conv=sync,fsync oflag=direct 2>/dev/null; then r=accepted; else r=refused; fi; echo GUEST-DISK-RO-WRITE=$READONLY,\$r >/dev/ttyS0"]
 EOF
 fi
 cat <<EOF

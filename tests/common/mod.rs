@@ -976,8 +976,6 @@ pub struct CloudUserData {
     pub blank: Option<String>,
     /// A disk (e.g. `vdd`) the guest tries to write to.
     pub readonly: Option<String>,
-    /// The tty the report goes to (`hvc0` for the virtio console); `None` is `ttyS0`.
-    pub console: Option<String>,
 }
 
 /// Writes a NoCloud seed disk (vfat, label `cidata`) for `user_data` to `<dir>/seed.img`, with
@@ -995,9 +993,6 @@ pub fn cloud_seed(dir: &Path, user_data: &CloudUserData) -> PathBuf {
     }
     if let Some(dev) = &user_data.readonly {
         args.extend(["--readonly".to_string(), dev.clone()]);
-    }
-    if let Some(tty) = &user_data.console {
-        args.extend(["--console".to_string(), tty.clone()]);
     }
     let out = Command::new("bash")
         .arg(repo.join("resources/cloud-image/user-data.sh"))

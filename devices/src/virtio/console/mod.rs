@@ -107,6 +107,7 @@ pub struct VirtioConsole {
     state: Arc<Mutex<SizeState>>,
     queue_sizes: [u16; 2],
     worker: Option<EventWorker>,
+    rx_fallback: std::time::Duration,
 }
 
 impl VirtioConsole {
@@ -127,9 +128,17 @@ impl VirtioConsole {
             state: Arc::new(Mutex::new(state)),
             queue_sizes: [QUEUE_SIZE; 2],
             worker: None,
+            rx_fallback: worker::RX_FALLBACK,
         };
         console.resizer().resize(size);
         console
+    }
+
+    /// Shortens the wait for a guest that never transmits (for tests).
+    #[cfg(test)]
+    pub(crate) fn with_rx_fallback(mut self, wait: std::time::Duration) -> Self {
+        self.rx_fallback = wait;
+        self
     }
 
     /// A handle that changes the size the guest sees.
@@ -194,6 +203,7 @@ impl VirtioDevice for VirtioConsole {
             interrupt.clone(),
             self.output.clone(),
             self.input.clone(),
+            self.rx_fallback,
         )
         .map_err(|source| ActivateError::Worker {
             device: self.name.clone(),

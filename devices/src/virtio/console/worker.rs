@@ -7,10 +7,12 @@
 //! already read wait in `pending`, the input is left unread, and the next receiveq kick
 //! delivers them.
 //!
-//! Input is held back until [`RX_SETTLE`] after the driver first posted receive buffers:
-//! Linux's virtio_console posts them before it marks the port connected and throws away what
-//! arrives in between, so bytes given at once (input that was waiting on stdin when the guest
-//! booted) would be lost.
+//! Input is held back until the port is surely connected in the guest: Linux's virtio_console
+//! posts its receive buffers before it has set up the port's console (hvc) and throws away
+//! what arrives in between, so bytes given at once (input that was waiting on stdin when the
+//! guest booted) would be lost. The driver can only transmit once that set-up is (all but)
+//! done, so input flows [`TX_GRACE`] after the first transmitted buffer, or at the latest
+//! [`RX_FALLBACK`] after the first receive buffers for a guest that never writes.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -30,8 +32,10 @@ const TX_TOKEN: u64 = 1;
 const INPUT_TOKEN: u64 = 2;
 /// Bytes read from the input at a time.
 const INPUT_CHUNK: usize = 4096;
-/// How long after the first receive buffers input is held back (see the module comment).
-pub(super) const RX_SETTLE: Duration = Duration::from_secs(1);
+/// How long after the guest's first transmission input is held back (see the module comment).
+pub(super) const TX_GRACE: Duration = Duration::from_millis(100);
+/// How long after the first receive buffers input waits at most for a transmission.
+pub(super) const RX_FALLBACK: Duration = Duration::from_secs(10);
 
 /// The worker's state.
 pub(super) struct ConsoleWorker {
@@ -46,6 +50,9 @@ pub(super) struct ConsoleWorker {
     pending: VecDeque<u8>,
     /// When the driver first kicked receiveq (it had posted buffers).
     rx_posted: Option<Instant>,
+    /// When the driver first transmitted.
+    first_tx: Option<Instant>,
+    rx_fallback: Duration,
 }
 
 impl ConsoleWorker {
@@ -58,6 +65,7 @@ impl ConsoleWorker {
         interrupt: Arc<dyn VirtioInterrupt>,
         output: ConsoleOutput,
         input: Option<ConsoleInput>,
+        rx_fallback: Duration,
     ) -> std::io::Result<EventWorker> {
         let epoll = Epoll::new()?;
         watch(&epoll, rx.notify.as_raw_fd(), RX_TOKEN)?;
@@ -73,6 +81,8 @@ impl ConsoleWorker {
             input_watched: false,
             pending: VecDeque::new(),
             rx_posted: None,
+            first_tx: None,
+            rx_fallback,
         };
         EventWorker::spawn(format!("virtio-{name}"), epoll, worker)
     }
@@ -86,15 +96,29 @@ impl ConsoleWorker {
             0
         });
         if served > 0 {
+            self.first_tx.get_or_insert_with(Instant::now);
             if let Err(e) = out.flush() {
                 crate::warn_limited!("{name}: cannot write the guest's console output: {e}");
             }
         }
     }
 
+    /// How long input must still wait (zero: it may go to the guest now); `None` while there
+    /// is nothing to count from yet.
+    fn rx_wait(&self) -> Option<Duration> {
+        let after_tx = self.first_tx.map(|t| TX_GRACE.saturating_sub(t.elapsed()));
+        let fallback = self
+            .rx_posted
+            .map(|t| self.rx_fallback.saturating_sub(t.elapsed()));
+        match (after_tx, fallback) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Whether input may go to the guest yet.
     fn rx_settled(&self) -> bool {
-        self.rx_posted.is_some_and(|t| t.elapsed() >= RX_SETTLE)
+        self.rx_wait().is_some_and(|d| d.is_zero())
     }
 
     /// Copies pending input into receive buffers while both last.
@@ -208,6 +232,7 @@ impl EventHandler for ConsoleWorker {
             TX_TOKEN => {
                 let _ = self.tx.notify.read();
                 self.transmit();
+                self.receive();
             }
             INPUT_TOKEN => {
                 if events.contains(EventSet::IN) {
@@ -223,9 +248,8 @@ impl EventHandler for ConsoleWorker {
     }
 
     fn timeout_ms(&self) -> i32 {
-        match self.rx_posted {
-            Some(t) if !self.pending.is_empty() && !self.rx_settled() => {
-                let left = RX_SETTLE.saturating_sub(t.elapsed());
+        match self.rx_wait() {
+            Some(left) if !self.pending.is_empty() && !left.is_zero() => {
                 i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1)
             }
             _ => -1,
