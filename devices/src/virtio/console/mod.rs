@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
 
-use self::worker::ConsoleWorker;
+use self::worker::{ConsoleWorker, Port};
 use crate::virtio::event_worker::EventWorker;
 use crate::virtio::{
     features, ActivateError, ActiveQueue, GuestMemory, VirtioDevice, VirtioInterrupt,
@@ -195,20 +195,17 @@ impl VirtioDevice for VirtioConsole {
         };
         let rx = rx.ok_or_else(|| missing(RX_QUEUE))?;
         let tx = tx.ok_or_else(|| missing(TX_QUEUE))?;
-        let worker = ConsoleWorker::spawn(
-            self.name.clone(),
-            mem,
-            rx,
-            tx,
-            interrupt.clone(),
-            self.output.clone(),
-            self.input.clone(),
-            self.rx_fallback,
-        )
-        .map_err(|source| ActivateError::Worker {
-            device: self.name.clone(),
-            source,
-        })?;
+        let port = Port {
+            output: self.output.clone(),
+            input: self.input.clone(),
+            rx_fallback: self.rx_fallback,
+        };
+        let worker =
+            ConsoleWorker::spawn(self.name.clone(), mem, [rx, tx], interrupt.clone(), port)
+                .map_err(|source| ActivateError::Worker {
+                    device: self.name.clone(),
+                    source,
+                })?;
         self.worker = Some(worker);
         if acked_features & 1 << VIRTIO_CONSOLE_F_SIZE != 0 {
             lock(&self.state).notify = Some(interrupt);

@@ -37,6 +37,16 @@ pub(super) const TX_GRACE: Duration = Duration::from_millis(100);
 /// How long after the first receive buffers input waits at most for a transmission.
 pub(super) const RX_FALLBACK: Duration = Duration::from_secs(10);
 
+/// The host end of the port, as the worker gets it.
+pub(super) struct Port {
+    /// Where transmitted bytes go.
+    pub(super) output: ConsoleOutput,
+    /// Where received bytes come from.
+    pub(super) input: Option<ConsoleInput>,
+    /// How long input waits at most for the guest's first transmission.
+    pub(super) rx_fallback: Duration,
+}
+
 /// The worker's state.
 pub(super) struct ConsoleWorker {
     name: String,
@@ -56,17 +66,19 @@ pub(super) struct ConsoleWorker {
 }
 
 impl ConsoleWorker {
-    /// Starts the worker thread of console `name`.
+    /// Starts the worker thread of console `name`, serving `port`.
     pub(super) fn spawn(
         name: String,
         mem: Arc<GuestMemory>,
-        rx: ActiveQueue,
-        tx: ActiveQueue,
+        [rx, tx]: [ActiveQueue; 2],
         interrupt: Arc<dyn VirtioInterrupt>,
-        output: ConsoleOutput,
-        input: Option<ConsoleInput>,
-        rx_fallback: Duration,
+        port: Port,
     ) -> std::io::Result<EventWorker> {
+        let Port {
+            output,
+            input,
+            rx_fallback,
+        } = port;
         let epoll = Epoll::new()?;
         watch(&epoll, rx.notify.as_raw_fd(), RX_TOKEN)?;
         watch(&epoll, tx.notify.as_raw_fd(), TX_TOKEN)?;
