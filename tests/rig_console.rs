@@ -16,15 +16,7 @@
 
 mod common;
 
-use common::{
-    cloud_image, cloud_seed, marker_token, rig_disk_check, run_rig, viaduct_command,
-    viaduct_command_with_timeout, CloudUserData, HostDiskMode, RigHost, RigRun, CLOUD_INITRD_IN_L2,
-    CLOUD_KERNEL_IN_L2, RIG_TIMEOUT_SECS,
-};
-
-/// How long viaduct may run the cloud guest (as in tests/rig_disk.rs), inside the rig's bound.
-const CLOUD_VIADUCT_TIMEOUT_SECS: u64 = 360;
-const _: () = assert!(CLOUD_VIADUCT_TIMEOUT_SECS + 40 < RIG_TIMEOUT_SECS);
+use common::{marker_token, run_rig, viaduct_command, RigRun};
 
 const GUEST: &str = "--kernel /guest/bzImage --initramfs /guest/initramfs.cpio.gz --cpus boot=1 \
                      --memory size=512M";
