@@ -17,8 +17,10 @@ pub const DEFAULT_CPUS: &str = "boot=1";
 pub const DEFAULT_MEMORY: &str = "size=512M";
 /// Default `--serial` value (as in cloud-hypervisor).
 pub const DEFAULT_SERIAL: &str = "null";
-/// Default `--console` value.
-pub const DEFAULT_CONSOLE: &str = "off";
+/// Default `--console` value (as in cloud-hypervisor).
+pub const DEFAULT_CONSOLE: &str = "tty";
+/// Default `--rng` value (as in cloud-hypervisor).
+pub const DEFAULT_RNG: &str = "src=/dev/urandom";
 /// Default `--platform` value.
 pub const DEFAULT_PLATFORM: &str = "num_pci_segments=1";
 
@@ -78,7 +80,7 @@ pub struct Cli {
     pub memory: String,
 
     /// COM1 serial port: `off` (no UART), `null` (output discarded), `tty` (viaduct's
-    /// stdin/stdout) or `file=PATH` (output appended to PATH).
+    /// stdin/stdout) or `file=PATH` (output to PATH, truncated at start as cloud-hypervisor does).
     #[arg(
         long,
         value_name = "off|null|tty|file=PATH",
@@ -86,10 +88,18 @@ pub struct Cli {
     )]
     pub serial: String,
 
-    /// virtio console: only `off` (or `null`, the same) since viaduct has no virtio console yet;
-    /// use `--serial tty --console off` for a terminal console.
-    #[arg(long, value_name = "off|null", default_value = DEFAULT_CONSOLE)]
+    /// virtio console, the guest's `hvc0` (put `console=hvc0` on the kernel command line):
+    /// `tty` (viaduct's stdout, with stdin as guest input), `file=PATH` (output to PATH,
+    /// truncated at start), `null` (output discarded) or `off` (no device). `--serial tty`
+    /// and `--console tty` cannot be used together: for the serial console (ttyS0) on the
+    /// terminal, give `--serial tty --console off`.
+    #[arg(long, value_name = "off|null|tty|file=PATH", default_value = DEFAULT_CONSOLE)]
     pub console: String,
+
+    /// virtio-rng entropy device, always present as in cloud-hypervisor: `src=PATH` is the
+    /// host file or device its bytes are read from.
+    #[arg(long, value_name = "src=PATH", default_value = DEFAULT_RNG)]
+    pub rng: String,
 
     /// seccomp: `true` confines every viaduct thread (VMM, vCPUs, API, device workers) to the
     /// system calls it needs, and a forbidden call stops viaduct with a line naming it; `log`
@@ -412,6 +422,7 @@ mod tests {
         assert_eq!(cli.memory, DEFAULT_MEMORY);
         assert_eq!(cli.serial, DEFAULT_SERIAL);
         assert_eq!(cli.console, DEFAULT_CONSOLE);
+        assert_eq!(cli.rng, DEFAULT_RNG);
         assert_eq!(cli.platform, DEFAULT_PLATFORM);
         assert!(cli.pci_segments.is_empty());
         assert!(cli.devices.is_empty());

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use vmm::api::ApiSocket;
 use vmm::config::{
-    ApiConfig, ConsoleMode, MemoryBacking, PassthroughDeviceConfig, PciConfig, PciSegmentConfig,
-    SerialMode, VmConfig, DEFAULT_APERTURE_WEIGHT, DEFAULT_EJECT_TIMEOUT, MAX_GPUDIRECT_CLIQUE,
+    ApiConfig, MemoryBacking, PassthroughDeviceConfig, PciConfig, PciSegmentConfig, SerialMode,
+    VmConfig, DEFAULT_APERTURE_WEIGHT, DEFAULT_EJECT_TIMEOUT, MAX_GPUDIRECT_CLIQUE,
     MAX_PCI_SEGMENTS, MAX_VCPUS, MIN_MEMORY_BYTES,
 };
 use vmm::seccomp::SeccompMode;
@@ -234,12 +234,6 @@ pub enum InvalidValue {
     /// `file=` without a path.
     #[error("file= needs a path")]
     SerialEmptyPath,
-    /// Any `--console` other than `off`/`null`.
-    #[error(
-        "the virtio console is not implemented; use --serial tty --console off to get the guest \
-         console on the terminal"
-    )]
-    ConsoleNotImplemented,
     /// `num_pci_segments=N` with N outside 1..=MAX_PCI_SEGMENTS.
     #[error("the number of PCI segments must be between 1 and {MAX_PCI_SEGMENTS}, not {0}")]
     PciSegmentCount(u64),
@@ -277,6 +271,9 @@ pub enum InvalidValue {
     /// A `--disk` value is wrong; see [`crate::disk::DiskError`].
     #[error(transparent)]
     Disk(#[from] crate::disk::DiskError),
+    /// A `--console` or `--rng` value is wrong; see [`crate::console::ConsoleError`].
+    #[error(transparent)]
+    Console(#[from] crate::console::ConsoleError),
     /// The device path does not exist.
     #[error("no such device: {0}; list devices with `ls {SYSFS_PCI_DEVICES}`")]
     NoSuchDevice(String),
@@ -415,7 +412,8 @@ pub fn build(cli: &Cli) -> Result<VmConfig, ConfigError> {
         backing: memory,
     } = parse_memory(&cli.memory)?;
     let serial = parse_serial(&cli.serial)?;
-    let console = parse_console(&cli.console)?;
+    let console = crate::console::parse_console(&cli.console)?;
+    crate::console::check_one_tty(&serial, &console, &cli.console)?;
     let pci = parse_pci(&cli.platform, &cli.pci_segments)?;
     // After --platform, whichever came first on the command line: pci_segment needs the count.
     let devices = parse_devices(&cli.devices, pci.segments.len())?;
@@ -459,6 +457,7 @@ pub fn build(cli: &Cli) -> Result<VmConfig, ConfigError> {
             .map(parse_api_socket)
             .transpose()?,
         seccomp: parse_seccomp(&cli.seccomp)?,
+        rng: crate::console::parse_rng(&cli.rng)?,
     })
 }
 
@@ -650,18 +649,6 @@ pub fn parse_serial(value: &str) -> Result<SerialMode, ConfigError> {
                 .map_err(|e| invalid(InvalidValue::FileUnwritable(e)))?;
             Ok(SerialMode::File(PathBuf::from(path)))
         }
-    }
-}
-
-/// Parses `--console`: only `off` (and `null`, the same thing today) is accepted.
-pub fn parse_console(value: &str) -> Result<ConsoleMode, ConfigError> {
-    match value {
-        "off" | "null" => Ok(ConsoleMode::Off),
-        _ => Err(ConfigError::invalid(
-            "--console",
-            value,
-            InvalidValue::ConsoleNotImplemented,
-        )),
     }
 }
 
@@ -1110,14 +1097,6 @@ mod tests {
         assert_eq!(parse_serial(&value).unwrap(), SerialMode::File(log.clone()));
         assert!(log.is_file());
         fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn console() {
-        assert_eq!(parse_console("off").unwrap(), ConsoleMode::Off);
-        assert_eq!(parse_console("null").unwrap(), ConsoleMode::Off);
-        let e = chain(&parse_console("tty").unwrap_err());
-        assert!(e.contains("--serial tty --console off"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The viaduct command-line front end: flag definitions ([`cli`]), the cloud-hypervisor style
 //! `key=value` option parser ([`options`]), validation into a [`vmm::config::VmConfig`]
-//! ([`config`], [`disk`]), running the VM with its `managed=on` devices ([`launch`]), the host
+//! ([`config`], [`disk`], [`console`]), running the VM with its `managed=on` devices ([`launch`]), the host
 //! device commands ([`commands`]) and logging setup ([`logging`]). The `viaduct` binary ties
 //! them together.
 
@@ -12,6 +12,7 @@ pub mod cli;
 pub mod cli_errors;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod disk;
 pub mod launch;
 pub mod logging;

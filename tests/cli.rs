@@ -399,11 +399,47 @@ fn serial_socket_unsupported_and_bad_file() {
 }
 
 #[test]
-fn console_tty_not_implemented() {
+fn serial_and_console_cannot_both_be_tty() {
     let s = Scratch::new();
-    let err = assert_rejected(&with_kernel(&s, &["--console", "tty"]), "--console", "tty");
-    assert!(err.contains("not implemented"), "{err}");
-    assert!(err.contains("--serial tty --console off"), "{err}");
+    // --console tty is the default, so --serial tty alone conflicts too.
+    for args in [
+        &["--serial", "tty"][..],
+        &["--serial", "tty", "--console", "tty"],
+    ] {
+        let err = assert_rejected(&with_kernel(&s, args), "--console", "tty");
+        assert!(err.contains("--serial tty is given too"), "{err}");
+        assert!(err.contains("with --console off"), "{err}");
+    }
+}
+
+#[test]
+fn console_modes_viaduct_lacks_and_bad_files_are_refused() {
+    let s = Scratch::new();
+    let err = assert_rejected(&with_kernel(&s, &["--console", "pty"]), "--console", "pty");
+    assert!(err.contains("not supported"), "{err}");
+    assert_rejected(
+        &with_kernel(&s, &["--console", "socket=/tmp/c.sock"]),
+        "--console",
+        "socket=/tmp/c.sock",
+    );
+    let into_dir = format!("file={}", s.dir.display());
+    assert_rejected(
+        &with_kernel(&s, &["--console", &into_dir]),
+        "--console",
+        &into_dir,
+    );
+}
+
+#[test]
+fn rng_source_must_be_readable() {
+    let s = Scratch::new();
+    let missing = format!("src={}", s.path("no-such-rng").display());
+    let err = assert_rejected(&with_kernel(&s, &["--rng", &missing]), "--rng", &missing);
+    assert!(err.contains("cannot read the entropy source"), "{err}");
+    let dir = format!("src={}", s.dir.display());
+    let err = assert_rejected(&with_kernel(&s, &["--rng", &dir]), "--rng", &dir);
+    assert!(err.contains("is a directory"), "{err}");
+    assert_rejected(&with_kernel(&s, &["--rng", "iommu=on"]), "--rng", "iommu");
 }
 
 #[test]
@@ -461,7 +497,10 @@ fn help_mentions_every_flag() {
         "[default: boot=1]",
         "[default: size=512M]",
         "[default: null]",
-        "[default: off]",
+        "[default: tty]",
+        "--rng",
+        "[default: src=/dev/urandom]",
+        "hvc0",
         "RUST_LOG",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
@@ -516,6 +555,28 @@ fn valid_config_reaches_vmm() {
         ],
     ));
     assert!(Path::new(&serial_log).is_file(), "serial file created");
+}
+
+#[test]
+fn console_and_rng_values_reach_vmm() {
+    let s = Scratch::new();
+    let hvc0 = s.path("hvc0.log");
+    let console = format!("file={}", hvc0.display());
+    assert_reaches_vmm(&with_kernel(
+        &s,
+        &[
+            "--console",
+            &console,
+            "--serial",
+            "tty",
+            "--rng",
+            "src=/dev/zero",
+        ],
+    ));
+    assert!(hvc0.is_file(), "console file created");
+    for console in ["tty", "null", "off"] {
+        assert_reaches_vmm(&with_kernel(&s, &["--console", console]));
+    }
 }
 
 #[test]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the cached, static parts of the rig (after fetch.sh):
 #   $RIG_CACHE/l3-initramfs.cpio.gz  the guest's initramfs (busybox, guest-init.sh, pvpanic and
-#                                    virtio block modules)
+#                                    virtio block, console and rng modules)
 #   $RIG_CACHE/l2-base.cpio          the rig host's initramfs without viaduct and the scenario:
 #                                    busybox, host-init.sh, rig-vfio-bind (vfio-bind.sh),
 #                                    KVM/VFIO/virtio-blk modules, and /guest/{bzImage,
@@ -22,8 +22,9 @@ L2_REQUIRED_MODULES=(irqbypass kvm kvm-amd)
 # virtio_pci/virtio_blk are for the disk tests: L1 QEMU's virtio disks become L2's /dev/vdX.
 L2_OPTIONAL_MODULES=(vfio vfio_iommu_type1 vfio_virqfd vfio-pci-core vfio-pci virtio_pci virtio_blk)
 # Modules the guest loads when they are not built in: pvpanic, to report a panic to the VMM;
-# virtio_pci and virtio_blk, for the VMM's virtio disks (/dev/vdX; modules in the cloud kernel).
-L3_MODULES=(pvpanic pvpanic-mmio virtio_pci virtio_blk)
+# virtio_pci and virtio_blk, for the VMM's virtio disks (/dev/vdX; modules in the cloud kernel);
+# virtio_console (hvc0) and virtio-rng, for the VMM's console and entropy devices.
+L3_MODULES=(pvpanic pvpanic-mmio virtio_pci virtio_blk virtio_console virtio-rng)
 
 # Fills directory $1 with busybox, its applet links and the usual mount points.
 make_busybox_root() {

@@ -28,6 +28,12 @@
 #               to another offset of that BAR (device-to-device DMA; see p2p below)
 #   hotplug     wait for an NVMe to be hot-added, run nvme-io on it, wait for it to be hot-removed
 #   pci-report  nothing more than the PCI report every boot prints
+#   rng         the guest's hardware RNG (GUEST-RNG-CURRENT=, GUEST-RNG-AVAILABLE=) and 256 bytes
+#               read from /dev/hwrng (GUEST-HWRNG-HEX=)
+#   hvc0-write  write GUEST-HVC0-MARKER=<viaduct_marker> to /dev/hvc0 (GUEST-HVC0-WRITTEN=1)
+#   hvc0-read   read one line from /dev/hvc0 (GUEST-HVC0-INPUT=)
+# viaduct_console=hvc0 moves the init's own input and output to /dev/hvc0 (the virtio console)
+# once the modules are loaded, echo off, and prints GUEST-CONSOLE=hvc0 there first.
 #   disk-io     virtio block devices (see docs/rig.md, "Disk tests"): writes viaduct_write=<token>
 #               to the first and last sector of viaduct_disk_rw=<vdX> with O_DIRECT and reads it
 #               back (GUEST-DISK-WROTE=<dev>,<token>, GUEST-DISK-WROTE-LAST=<dev>,<token>); tries
@@ -48,7 +54,9 @@
 export PATH=/bin
 
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
-exec </dev/console >/dev/console 2>&1
+# /dev/console cannot be opened when the console= device does not exist yet (console=hvc0:
+# virtio_console is a module); a failed exec redirection would end init, so test it first.
+if (: </dev/console) 2>/dev/null; then exec </dev/console >/dev/console 2>&1; fi
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 
@@ -57,6 +65,30 @@ while read -r module; do
 	[ -n "$module" ] || continue
 	insmod "/lib/modules/$module" || echo "GUEST-WARNING=insmod ${module##*/} failed"
 done </etc/guest-modules
+
+# viaduct_console=hvc0: everything from here on goes to and comes from /dev/hvc0 (the VMM's
+# virtio console), without echo, so that what the VMM types does not mix with the report.
+console_dev=
+for word in $(cat /proc/cmdline); do
+	case $word in viaduct_console=*) console_dev=${word#*=} ;; esac
+done
+if [ -n "$console_dev" ]; then
+	# Wait for the node without opening it: the last close of a tty drops the input that
+	# reached it, which would lose what the VMM sent before the guest listened. insmod probed
+	# the device already, so the node is usable once it exists.
+	waited=0
+	while [ ! -c "/dev/$console_dev" ] && [ "$waited" -lt 30 ]; do
+		sleep 1
+		waited=$((waited + 1))
+	done
+	if [ -c "/dev/$console_dev" ]; then
+		exec <"/dev/$console_dev" >"/dev/$console_dev" 2>&1
+		stty -echo
+		echo "GUEST-CONSOLE=$console_dev"
+	else
+		echo "GUEST-ERROR=viaduct_console: no /dev/$console_dev after ${waited}s"
+	fi
+fi
 
 cmdline_value() {
 	# shellcheck disable=SC2013 # the command line is one line of words
@@ -529,6 +561,46 @@ disk_bench() {
 	/bin/disk-bench "/dev/$dev" "$(cmdline_value viaduct_bench_mib)" "$(cmdline_value viaduct_bench_seconds)"
 }
 
+# virtio-rng: which hardware RNG the kernel uses and 256 bytes from it, as hex
+# (GUEST-RNG-CURRENT=, GUEST-RNG-AVAILABLE=, GUEST-HWRNG-HEX=).
+rng() {
+	hw=/sys/class/misc/hw_random
+	waited=0
+	while [ "$(cat "$hw/rng_current" 2>/dev/null)" != virtio_rng.0 ] && [ "$waited" -lt 10 ]; do
+		sleep 1
+		waited=$((waited + 1))
+	done
+	echo "GUEST-RNG-CURRENT=$(cat "$hw/rng_current" 2>/dev/null || echo none)"
+	echo "GUEST-RNG-AVAILABLE=$(tr ' ' ',' <"$hw/rng_available" 2>/dev/null)"
+	hex=$(timeout 30 head -c 256 /dev/hwrng 2>/dev/null | od -An -v -tx1 | tr -d ' \n')
+	echo "GUEST-HWRNG-HEX=${hex:-none}"
+}
+
+# Waits up to 30 s for /dev/hvc0 (the virtio console).
+wait_hvc0() {
+	waited=0
+	while [ ! -c /dev/hvc0 ] && [ "$waited" -lt 30 ]; do
+		sleep 1
+		waited=$((waited + 1))
+	done
+	[ -c /dev/hvc0 ] || { echo "GUEST-ERROR=no /dev/hvc0 after 30 s" && return 1; }
+}
+
+# hvc0-write: writes GUEST-HVC0-MARKER=<viaduct_marker> to /dev/hvc0 (the report stays where
+# it is); hvc0-read: reads one line from /dev/hvc0 (GUEST-HVC0-INPUT=<its token characters>).
+hvc0_write() {
+	wait_hvc0 || return 0
+	echo "GUEST-HVC0-MARKER=$(cmdline_value viaduct_marker)" >/dev/hvc0
+	echo "GUEST-HVC0-WRITTEN=1"
+}
+
+hvc0_read() {
+	wait_hvc0 || return 0
+	# With viaduct_console=hvc0 stdin already is /dev/hvc0, held open since the input arrived.
+	line=$(timeout 60 head -n1 </dev/hvc0 | tr -cd 'A-Za-z0-9._=-')
+	echo "GUEST-HVC0-INPUT=${line:-none}"
+}
+
 action=$(cmdline_value viaduct_action)
 action=${action:-poweroff}
 
@@ -561,6 +633,9 @@ for step in $(echo "$action" | tr ',' ' '); do
 	hotplug) hotplug ;;
 	disk-io) disk_io ;;
 	disk-bench) disk_bench ;;
+	rng) rng ;;
+	hvc0-write) hvc0_write ;;
+	hvc0-read) hvc0_read ;;
 	pci-report) ;;
 	poweroff | reboot | panic | hold) final=$step ;;
 	*) echo "GUEST-ERROR=unknown viaduct_action step '$step', powering off" ;;

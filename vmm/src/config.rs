@@ -18,12 +18,36 @@ pub enum SerialMode {
     File(PathBuf),
 }
 
-/// The virtio console. Only `Off` exists today; the option is accepted for compatibility with
-/// cloud-hypervisor command lines.
+/// The virtio console (`--console`), which a Linux guest sees as `hvc0`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConsoleMode {
     /// No virtio console device.
     Off,
+    /// A console whose output is discarded.
+    Null,
+    /// Output to viaduct's stdout; viaduct's stdin feeds the guest (raw mode when it is a TTY).
+    /// cloud-hypervisor's default.
+    Tty,
+    /// Output written to a file, truncated at start as cloud-hypervisor does.
+    File(PathBuf),
+}
+
+/// The virtio-rng device (`--rng`); cloud-hypervisor gives every VM one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RngConfig {
+    /// The host file the guest's entropy is read from.
+    pub src: PathBuf,
+}
+
+/// The entropy source when `--rng` gives none (cloud-hypervisor's).
+pub const DEFAULT_RNG_SOURCE: &str = "/dev/urandom";
+
+impl Default for RngConfig {
+    fn default() -> Self {
+        Self {
+            src: PathBuf::from(DEFAULT_RNG_SOURCE),
+        }
+    }
 }
 
 /// A complete, validated VM description.
@@ -55,6 +79,8 @@ pub struct VmConfig {
     pub api: Option<ApiConfig>,
     /// `--seccomp`: how each thread is confined.
     pub seccomp: crate::seccomp::SeccompMode,
+    /// `--rng`: the virtio-rng device's entropy source.
+    pub rng: RngConfig,
 }
 
 /// `--api-socket`: where the control API listens and how long a hot-remove waits.

@@ -1,5 +1,6 @@
-//! Host stdin → guest COM1 input, the terminal's raw mode while the guest owns it, and the
-//! event-loop subscriber that notices the VM has stopped.
+//! Host stdin → guest COM1 input, the terminal's raw mode while the guest owns it, the
+//! virtio console's size following the terminal's, and the event-loop subscriber that notices
+//! the VM has stopped.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -179,6 +180,38 @@ impl MutEventSubscriber for ExitWatcher {
         if let Err(e) = ops.add(Events::new(&self.event, EventSet::IN)) {
             warn!("cannot watch the exit event ({e:?})");
             self.done.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// On SIGWINCH (its eventfd), gives the virtio console the terminal's new size.
+pub struct ResizeWatcher {
+    event: EventFd,
+    resizer: devices::virtio::console::ConsoleResizer,
+}
+
+impl ResizeWatcher {
+    /// Watches `event` (written by the SIGWINCH handler) for `resizer`'s console.
+    pub fn new(event: EventFd, resizer: devices::virtio::console::ConsoleResizer) -> Self {
+        Self { event, resizer }
+    }
+}
+
+impl MutEventSubscriber for ResizeWatcher {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.event.read();
+        let size = crate::console_rng::terminal_size();
+        if self.resizer.resize(size) {
+            debug!(
+                "console resized to {} columns, {} rows",
+                size.cols, size.rows
+            );
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.event, EventSet::IN)) {
+            warn!("cannot watch terminal resizes ({e:?}); the guest console keeps its size");
         }
     }
 }

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod config;
 mod console;
+mod console_rng;
 mod control;
 pub mod device_manager;
 pub mod disks;
@@ -154,6 +155,20 @@ pub enum Error {
     /// viaduct was asked to stop by a signal.
     #[error("stopped by signal {0}")]
     Signal(&'static str),
+    /// `--console file=` could not be opened.
+    #[error("--console file={}: cannot open for writing", path.display())]
+    ConsoleFile {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// stdin could not be duplicated for `--console tty`.
+    #[error("--console tty: cannot duplicate stdin for the guest's console input")]
+    ConsoleInput(#[source] std::io::Error),
+    /// The `--rng` source could not be opened.
+    #[error(transparent)]
+    Rng(#[from] devices::virtio::rng::RngError),
 }
 
 fn kvm_open_hint(errno: i32) -> String {
@@ -367,6 +382,19 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
             .iter()
             .map(|d| (d.pci_segment, disks::bar_spec())),
     );
+    // The console and rng files are opened now, before anything is laid out or attached.
+    let console = console_rng::console_device(&config.console)?;
+    let resizer = console
+        .as_ref()
+        .filter(|_| config.console == config::ConsoleMode::Tty)
+        .map(|c| c.resizer());
+    let rng = console_rng::rng_device(&config.rng)?;
+    demand.extend(
+        console
+            .iter()
+            .map(|_| (console_rng::SEGMENT, console_rng::bar_spec())),
+    );
+    demand.push((console_rng::SEGMENT, console_rng::bar_spec()));
     let ram_end = arch::memory::ram_end(config.memory_bytes);
     let iova_ranges = passthrough.iova_ranges();
     let plan = topology::plan_segments(
@@ -406,9 +434,25 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
         None => None,
     };
     let dma_mem = Arc::new(mem.clone());
+    if let Some(console) = console {
+        console_rng::attach(
+            &pci_devices.manager,
+            "__console",
+            Box::new(console),
+            &dma_mem,
+            &router,
+        )?;
+    }
     for disk in &config.disks {
         disks::attach(&pci_devices.manager, disk, &dma_mem, &router)?;
     }
+    console_rng::attach(
+        &pci_devices.manager,
+        "__rng",
+        Box::new(rng),
+        &dma_mem,
+        &router,
+    )?;
     for device in opened {
         pci_devices
             .passthrough
@@ -481,7 +525,18 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     }
 
     signals::install(&exit)?;
-    let _terminal = (config.serial == config::SerialMode::Tty).then(console::RawTerminal::enter);
+    let resize = match resizer {
+        Some(resizer) => {
+            let event = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
+                .map_err(Error::EventFd)?;
+            signals::install_winch(&event)?;
+            Some(console::ResizeWatcher::new(event, resizer))
+        }
+        None => None,
+    };
+    let _terminal = (config.serial == config::SerialMode::Tty
+        || config.console == config::ConsoleMode::Tty)
+        .then(console::RawTerminal::enter);
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(vcpu::ExitStats::default());
     let mut threads = Vec::with_capacity(vcpus.len());
@@ -503,7 +558,14 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     let loop_result = filters
         .apply(seccomp::ThreadKind::Vmm)
         .map_err(Error::from)
-        .and_then(|()| event_loop(&exit, legacy.com1, config.serial == config::SerialMode::Tty));
+        .and_then(|()| {
+            event_loop(
+                &exit,
+                legacy.com1,
+                config.serial == config::SerialMode::Tty,
+                resize,
+            )
+        });
     let guest_ran = guest_started.elapsed();
     if loop_result.is_err() {
         exit.notify(ExitReason::Failure);
@@ -541,11 +603,13 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     }
 }
 
-/// Runs the event loop (stdin → COM1, exit watch) until the VM stops.
+/// Runs the event loop (stdin → COM1, terminal resizes → virtio console, exit watch) until the
+/// VM stops.
 fn event_loop(
     exit: &ExitNotifier,
     com1: Option<legacy::Com1>,
     forward_stdin: bool,
+    resize: Option<console::ResizeWatcher>,
 ) -> Result<(), Error> {
     let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
         EventManager::new().map_err(Error::EventLoop)?;
@@ -560,6 +624,9 @@ fn event_loop(
             com1.serial,
             com1.input_drained,
         ))));
+    }
+    if let Some(watcher) = resize {
+        manager.add_subscriber(Arc::new(Mutex::new(watcher)));
     }
     while !done.load(Ordering::Acquire) {
         manager.run().map_err(Error::EventLoop)?;

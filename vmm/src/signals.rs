@@ -1,5 +1,6 @@
-//! Signals: SIGTERM/SIGINT/SIGHUP stop the VM through the exit notifier, and a real-time signal
-//! kicks vCPU threads out of KVM_RUN at shutdown.
+//! Signals: SIGTERM/SIGINT/SIGHUP stop the VM through the exit notifier, a real-time signal
+//! kicks vCPU threads out of KVM_RUN at shutdown, and SIGWINCH (the terminal was resized) wakes
+//! the event loop so that the virtio console's size follows.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::thread::JoinHandle;
@@ -23,6 +24,30 @@ extern "C" fn on_terminate(num: libc::c_int, _: *mut libc::siginfo_t, _: *mut li
         // eventfd, kept open for the life of the process by the leaked clone below.
         unsafe { libc::write(fd, &one as *const u64 as *const libc::c_void, 8) };
     }
+}
+
+/// The eventfd the SIGWINCH handler writes to (-1 until installed).
+static WINCH_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_winch(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let fd = WINCH_EVENT_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; `one` outlives the call; the fd is an eventfd
+        // kept open for the life of the process by the leaked clone in `install_winch`.
+        unsafe { libc::write(fd, &one as *const u64 as *const libc::c_void, 8) };
+    }
+}
+
+/// Makes `event` readable on every SIGWINCH.
+pub fn install_winch(event: &vmm_sys_util::eventfd::EventFd) -> Result<(), Error> {
+    let fd = event.try_clone().map_err(Error::EventFd)?;
+    WINCH_EVENT_FD.store(std::os::fd::AsRawFd::as_raw_fd(&fd), Ordering::SeqCst);
+    std::mem::forget(fd);
+    register_signal_handler(libc::SIGWINCH, on_winch).map_err(|source| Error::SignalHandler {
+        signal: libc::SIGWINCH,
+        source,
+    })
 }
 
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}

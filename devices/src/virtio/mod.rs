@@ -1,6 +1,7 @@
 //! Virtio 1.x devices: the device-type-independent contract ([`VirtioDevice`]), the modern
 //! virtio-pci transport that exposes such a device as a PCI function ([`pci::VirtioPciDevice`]),
-//! and the block device ([`block::VirtioBlock`]).
+//! the block device ([`block::VirtioBlock`]), the console ([`console::VirtioConsole`], `hvc0`)
+//! and the entropy device ([`rng::VirtioRng`]).
 //!
 //! The split follows the virtio specification: the transport owns everything the driver
 //! negotiates through the common configuration (features, status, queue addresses, MSI-X vector
@@ -14,7 +15,10 @@
 //! registers the notification eventfds.
 
 pub mod block;
+pub mod console;
+mod event_worker;
 pub mod pci;
+pub mod rng;
 
 #[cfg(test)]
 mod test_driver;

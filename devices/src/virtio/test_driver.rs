@@ -134,6 +134,16 @@ pub struct Driver {
     pub router: Arc<FakeRouter>,
     next_desc: u16,
     avail_idx: u16,
+    /// Ring state (next descriptor, available index) of queues other than 0 (see
+    /// [`Driver::setup_queue_at`]).
+    others: BTreeMap<u16, (u16, u16)>,
+}
+
+/// Guest addresses of queue `q`'s descriptor table, available ring and used ring: queue 0 at
+/// `DESC`/`AVAIL`/`USED`, each further queue 16 KiB higher.
+fn rings(q: u16) -> (u64, u64, u64) {
+    let base = u64::from(q) * 0x4000;
+    (DESC + base, AVAIL + base, USED + base)
 }
 
 const BAR0: BarIndex = layout::VIRTIO_BAR;
@@ -151,6 +161,7 @@ impl Driver {
             router,
             next_desc: 0,
             avail_idx: 0,
+            others: BTreeMap::new(),
         }
     }
 
@@ -280,6 +291,95 @@ impl Driver {
             std::thread::sleep(Duration::from_millis(1));
         }
         let at = USED + 4 + u64::from((n - 1) % QSIZE) * 8;
+        let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
+        let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
+        (id, len)
+    }
+
+    /// Programs queue `q` (any index) with its own rings (see [`rings`]) and `vector`, and
+    /// enables it; chains go to it through [`Driver::submit_to`].
+    pub fn setup_queue_at(&mut self, q: u16, vector: u16) {
+        let (desc, avail, used) = rings(q);
+        self.write(common::QUEUE_SELECT, 2, u64::from(q));
+        self.write(common::QUEUE_SIZE, 2, u64::from(QSIZE));
+        self.write(common::QUEUE_MSIX_VECTOR, 2, u64::from(vector));
+        for (reg, addr) in [
+            (common::QUEUE_DESC, desc),
+            (common::QUEUE_DRIVER, avail),
+            (common::QUEUE_DEVICE, used),
+        ] {
+            self.write(reg, 4, addr & 0xffff_ffff);
+            self.write(reg + 4, 4, addr >> 32);
+        }
+        self.write(common::QUEUE_ENABLE, 2, 1);
+        if q != 0 {
+            self.others.insert(q, (0, 0));
+        }
+    }
+
+    /// Negotiates every offered feature, sets up queues `0..n` (queue `i` on MSI-X vector
+    /// `i + 1`) and sets DRIVER_OK.
+    pub fn start_queues(&mut self, n: u16) {
+        let f = self.device_features();
+        assert_ne!(self.negotiate(f) & status::FEATURES_OK, 0);
+        for q in 0..n {
+            self.setup_queue_at(q, q + 1);
+        }
+        assert_eq!(self.driver_ok() & status::NEEDS_RESET, 0);
+    }
+
+    /// [`Driver::submit`] on queue `q`; returns the head index.
+    pub fn submit_to(&mut self, q: u16, bufs: &[Buf]) -> u16 {
+        if q == 0 {
+            return self.submit(bufs);
+        }
+        let (desc, avail, _) = rings(q);
+        let (mut next_desc, mut avail_idx) = self.others.get(&q).copied().unwrap_or_default();
+        let head = next_desc;
+        for (i, b) in bufs.iter().enumerate() {
+            let idx = (head + i as u16) % QSIZE;
+            let mut flags = if b.2 { VRING_DESC_F_WRITE as u16 } else { 0 };
+            if i + 1 != bufs.len() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            let at = desc + u64::from(idx) * 16;
+            self.mem.write_obj(b.0, GuestAddress(at)).unwrap();
+            self.mem.write_obj(b.1, GuestAddress(at + 8)).unwrap();
+            self.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+            self.mem
+                .write_obj((idx + 1) % QSIZE, GuestAddress(at + 14))
+                .unwrap();
+        }
+        next_desc = (head + bufs.len() as u16) % QSIZE;
+        let slot = avail + 4 + u64::from(avail_idx % QSIZE) * 2;
+        self.mem.write_obj(head, GuestAddress(slot)).unwrap();
+        avail_idx = avail_idx.wrapping_add(1);
+        self.mem
+            .write_obj(avail_idx, GuestAddress(avail + 2))
+            .unwrap();
+        self.others.insert(q, (next_desc, avail_idx));
+        let doorbell = NOTIFY_OFFSET + u64::from(q) * u64::from(layout::NOTIFY_OFF_MULTIPLIER);
+        self.write(doorbell, 2, u64::from(q));
+        head
+    }
+
+    /// The used ring index of queue `q`.
+    pub fn used_idx_of(&self, q: u16) -> u16 {
+        self.mem.read_obj(GuestAddress(rings(q).2 + 2)).unwrap()
+    }
+
+    /// Waits until `n` chains of queue `q` are used; returns the last one's (id, len).
+    pub fn wait_used_on(&self, q: u16, n: u16) -> (u32, u32) {
+        let used = rings(q).2;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.used_idx_of(q) < n {
+            assert!(
+                Instant::now() < deadline,
+                "queue {q}: the device completed nothing"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let at = used + 4 + u64::from((n - 1) % QSIZE) * 8;
         let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
         let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
         (id, len)

@@ -87,6 +87,8 @@ fn class_of(device_type: u32) -> ClassCode {
     let (base, sub) = match device_type {
         virtio_bindings::virtio_ids::VIRTIO_ID_NET => (0x02, 0x00),
         virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK => (0x01, 0x00),
+        // Simple communication controller, other (as QEMU's virtio-serial).
+        virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE => (0x07, 0x80),
         _ => (0xff, 0x00),
     };
     ClassCode {
