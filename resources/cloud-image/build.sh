@@ -11,7 +11,8 @@
 # and a NoCloud seed disk (resources/cloud-image/seed.sh) as the second disk.
 #
 # How: debootstrap --variant=minbase with systemd, udev, cloud-init and linux-image-cloud-amd64
-# into a directory; cloud-init set up for NoCloud only and no network (cloud.cfg); then
+# into a directory; cloud-init set up for NoCloud only (cloud.cfg), systemd-networkd for a
+# seed's network-config; then
 # mkfs.ext4 -d fills a partition-sized file from that directory, sfdisk writes the partition
 # table of the disk, and dd puts the filesystem at the partition's offset. No loop devices, no
 # mounts. Needs root (debootstrap, chroot) and Debian's package mirror.
@@ -122,6 +123,10 @@ configure_root() {
 	for unit in "${MASKED_UNITS[@]}"; do
 		ln -sf /dev/null "$root/etc/systemd/system/$unit"
 	done
+	# systemd-networkd applies the network-config a seed may carry (cloud-init writes it as
+	# .network files before networkd starts); with no NIC or no config it does nothing.
+	chroot "$root" systemctl enable systemd-networkd.service >/dev/null 2>&1 ||
+		rig_die "cannot enable systemd-networkd in the image"
 	# The initrd: only the listed modules (and what they need), which keeps it small.
 	printf '%s\n' "${INITRD_MODULES[@]}" >>"$root/etc/initramfs-tools/modules"
 	sed -i 's/^MODULES=.*/MODULES=list/' "$root/etc/initramfs-tools/initramfs.conf"

@@ -3,6 +3,7 @@
 # tests/rig_disk.rs and resources/cloud-image/reference.sh use it through seed.sh).
 #
 # Usage: resources/cloud-image/user-data.sh --marker TOKEN --file TOKEN [--blank DEV] [--readonly DEV]
+#          [--console DEV] [--net GUEST_IP,HOST_IP,TOKEN]
 #   --marker TOKEN   runcmd prints GUEST-CLOUD-MARKER=TOKEN on the serial console (/dev/ttyS0)
 #   --file TOKEN     write_files writes TOKEN to /var/lib/viaduct-rig/written; reported back as
 #                    GUEST-CLOUD-FILE=TOKEN
@@ -10,29 +11,47 @@
 #                    GUEST-DISK-WROTE=DEV,<token read back>
 #   --readonly DEV   runcmd tries to write to /dev/DEV (e.g. vdd): GUEST-DISK-RO-FLAG=DEV,<0|1>,
 #                    GUEST-DISK-RO-WRITE=DEV,refused|accepted
+#   --console DEV    where the GUEST- lines go (default ttyS0; hvc0 for the virtio console)
+#   --net G,H,TOKEN  the guest (address G, configured by the seed's network-config) serves
+#                    guest-TOKEN as http://G:8080/guest.txt (python3 -m http.server, a transient
+#                    unit) and fetches http://H:8080/host.txt: GUEST-NET-FROM-HOST=<body>;
+#                    GUEST-NET-IF=<ifname>,<mac>,<driver>,<ipv4/prefix> for each NIC. Before
+#                    powering off it waits (at most 150 s) for http://H:8080/done.txt, which the
+#                    rig host serves once it has fetched the guest's file: GUEST-NET-HOST-DONE=0|1
 # Then cloud-init's power_state powers the guest off. Its condition, which cloud-init runs once
 # it has finished, waits (at most 120 s) for systemd to finish booting and reports:
 #   GUEST-SYSTEMD-STATE=running|degraded|...   systemctl is-system-running --wait
 #   GUEST-SYSTEMD-FAILED=<units,...>           failed units (empty when none)
 #   GUEST-CLOUD-INIT-STATUS=done|error|...     cloud-init status
 #   GUEST-CLOUD-ERRORS=<n>                     errors in /run/cloud-init/result.json
+#   GUEST-RNG=<rng_current>                    the kernel's hardware RNG (virtio_rng.0)
+#   GUEST-HWRNG-BYTES=<hex>                    32 bytes read from /dev/hwrng
 #   GUEST-CLOUD-FILE=<token>, GUEST-ROOT=<root device>, GUEST-UPTIME=<s>, GUEST-POWEROFF=cloud-init
 set -euo pipefail
 
-MARKER="" FILE_TOKEN="" BLANK="" READONLY=""
+MARKER="" FILE_TOKEN="" BLANK="" READONLY="" CONSOLE=ttyS0 NET=""
 while [[ $# -gt 0 ]]; do
 	case $1 in
+	--console) CONSOLE=${2:?}; shift 2 ;;
+	--net) NET=${2:?}; shift 2 ;;
 	--marker) MARKER=${2:?}; shift 2 ;;
 	--file) FILE_TOKEN=${2:?}; shift 2 ;;
 	--blank) BLANK=${2:?}; shift 2 ;;
 	--readonly) READONLY=${2:?}; shift 2 ;;
-	*) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+	*) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 	esac
 done
-for v in "$MARKER" "$FILE_TOKEN" "$BLANK" "$READONLY"; do
+for v in "$MARKER" "$FILE_TOKEN" "$BLANK" "$READONLY" "$CONSOLE" "${NET//,/.}"; do
 	[[ $v =~ ^[A-Za-z0-9._-]*$ ]] || { echo "user-data.sh: '$v' is not a plain token" >&2; exit 2; }
 done
 [[ -n $MARKER && -n $FILE_TOKEN ]] || { echo "user-data.sh: --marker and --file are required" >&2; exit 2; }
+NET_GUEST="" NET_HOST="" NET_TOKEN=""
+if [[ -n $NET ]]; then
+	IFS=, read -r NET_GUEST NET_HOST NET_TOKEN <<<"$NET"
+	[[ -n $NET_GUEST && -n $NET_HOST && -n $NET_TOKEN ]] ||
+		{ echo "user-data.sh: --net wants GUEST_IP,HOST_IP,TOKEN" >&2; exit 2; }
+fi
+OUT=/dev/$CONSOLE
 
 cat <<EOF
 #cloud-config
@@ -46,7 +65,13 @@ write_files:
       #!/bin/sh
       # power_state's condition: runs after cloud-init has finished; exit 0 lets it power off.
       state=\$(timeout 120 systemctl is-system-running --wait 2>/dev/null)
+      if [ -n "$NET_HOST" ]; then
+        finished=\$(python3 /var/lib/viaduct-rig/fetch.py http://$NET_HOST:8080/done.txt 150)
+        echo "GUEST-NET-HOST-DONE=\$([ "\$finished" = done ] && echo 1 || echo 0)" >$OUT
+      fi
       {
+        echo "GUEST-RNG=\$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)"
+        echo "GUEST-HWRNG-BYTES=\$(timeout 10 head -c 32 /dev/hwrng 2>/dev/null | od -An -tx1 | tr -d ' \\n')"
         echo "GUEST-SYSTEMD-STATE=\${state:-unknown}"
         echo "GUEST-SYSTEMD-FAILED=\$(systemctl list-units --state=failed --plain --no-legend | cut -d' ' -f1 | paste -sd, -)"
         echo "GUEST-CLOUD-INIT-STATUS=\$(cloud-init status 2>/dev/null | sed -n 's/^status: //p')"
@@ -55,19 +80,48 @@ write_files:
         echo "GUEST-ROOT=\$(findmnt -n -o SOURCE /)"
         echo "GUEST-UPTIME=\$(cut -d' ' -f1 /proc/uptime)"
         echo "GUEST-POWEROFF=cloud-init"
-      } >/dev/ttyS0
+      } >$OUT
       exit 0
-runcmd:
-  - [sh, -c, "echo GUEST-CLOUD-MARKER=$MARKER >/dev/ttyS0"]
 EOF
+if [[ -n $NET ]]; then
+	cat <<EOF
+  - path: /var/lib/viaduct-rig/www/guest.txt
+    content: "guest-$NET_TOKEN\n"
+  - path: /var/lib/viaduct-rig/fetch.py
+    content: |
+      # fetch.py URL SECONDS: prints the body of URL once it answers, trying for SECONDS.
+      import sys, time, urllib.request
+      url, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
+      while time.monotonic() < deadline:
+          try:
+              with urllib.request.urlopen(url, timeout=3) as r:
+                  print(r.read().decode().strip())
+                  sys.exit(0)
+          except Exception:
+              time.sleep(1)
+      sys.exit(1)
+EOF
+fi
+cat <<EOF
+runcmd:
+  - [sh, -c, "echo GUEST-CLOUD-MARKER=$MARKER >$OUT"]
+EOF
+if [[ -n $NET ]]; then
+	# The server runs as a transient unit, so it outlives runcmd and serves until poweroff.
+	cat <<EOF
+  - [sh, -c, "for d in /sys/class/net/*; do [ -e \$d/device/driver ] || continue; n=\${d##*/}; echo GUEST-NET-IF=\$n,\$(cat \$d/address),\$(basename \$(readlink \$d/device/driver)),\$(ip -4 -o addr show dev \$n | awk '{print \$4}' | head -n1) >$OUT; done"]
+  - [systemd-run, --unit=viaduct-rig-www, python3, -m, http.server, "8080", --bind, "$NET_GUEST", --directory, /var/lib/viaduct-rig/www]
+  - [sh, -c, "echo GUEST-NET-FROM-HOST=\$(python3 /var/lib/viaduct-rig/fetch.py http://$NET_HOST:8080/host.txt 60) >$OUT"]
+EOF
+fi
 if [[ -n $BLANK ]]; then
 	cat <<EOF
-  - [sh, -c, "printf $MARKER | dd of=/dev/$BLANK bs=512 count=1 conv=sync,fsync oflag=direct 2>/dev/null; echo GUEST-DISK-WROTE=$BLANK,\$(dd if=/dev/$BLANK bs=512 count=1 iflag=direct 2>/dev/null | tr -cd 'A-Za-z0-9._-') >/dev/ttyS0"]
+  - [sh, -c, "printf $MARKER | dd of=/dev/$BLANK bs=512 count=1 conv=sync,fsync oflag=direct 2>/dev/null; echo GUEST-DISK-WROTE=$BLANK,\$(dd if=/dev/$BLANK bs=512 count=1 iflag=direct 2>/dev/null | tr -cd 'A-Za-z0-9._-') >$OUT"]
 EOF
 fi
 if [[ -n $READONLY ]]; then
 	cat <<EOF
-  - [sh, -c, "echo GUEST-DISK-RO-FLAG=$READONLY,\$(cat /sys/block/$READONLY/ro) >/dev/ttyS0; if printf $MARKER | dd of=/dev/$READONLY bs=512 count=1 conv=sync,fsync oflag=direct 2>/dev/null; then r=accepted; else r=refused; fi; echo GUEST-DISK-RO-WRITE=$READONLY,\$r >/dev/ttyS0"]
+  - [sh, -c, "echo GUEST-DISK-RO-FLAG=$READONLY,\$(cat /sys/block/$READONLY/ro) >$OUT; if printf $MARKER | dd of=/dev/$READONLY bs=512 count=1 conv=sync,fsync oflag=direct 2>/dev/null; then r=accepted; else r=refused; fi; echo GUEST-DISK-RO-WRITE=$READONLY,\$r >$OUT"]
 EOF
 fi
 cat <<EOF

@@ -976,6 +976,35 @@ pub struct CloudUserData {
     pub blank: Option<String>,
     /// A disk (e.g. `vdd`) the guest tries to write to.
     pub readonly: Option<String>,
+    /// Where the guest writes its `GUEST-` lines: `ttyS0` when `None`, `hvc0` for the virtio
+    /// console.
+    pub console: Option<String>,
+    /// A NIC the seed's network-config sets up, and the HTTP exchange over it.
+    pub net: Option<CloudNet>,
+}
+
+/// The cloud guest's NIC: network-config gives the NIC with `mac` the address `guest_cidr`; the
+/// guest serves `guest-<token>` on port 8080 and fetches `host.txt` from `host_ip:8080`.
+#[derive(Clone, Debug)]
+pub struct CloudNet {
+    /// The NIC's MAC (`--net …,mac=`), which network-config matches.
+    pub mac: String,
+    /// The guest's address with its prefix, e.g. `169.254.10.2/16`.
+    pub guest_cidr: String,
+    /// The rig host's end (the tap's `ip=`).
+    pub host_ip: String,
+    /// What the guest serves, as `guest-<token>`.
+    pub token: String,
+}
+
+impl CloudNet {
+    /// The guest's address without its prefix.
+    pub fn guest_ip(&self) -> &str {
+        self.guest_cidr
+            .split('/')
+            .next()
+            .unwrap_or(&self.guest_cidr)
+    }
 }
 
 /// Writes a NoCloud seed disk (vfat, label `cidata`) for `user_data` to `<dir>/seed.img`, with
@@ -993,6 +1022,15 @@ pub fn cloud_seed(dir: &Path, user_data: &CloudUserData) -> PathBuf {
     }
     if let Some(dev) = &user_data.readonly {
         args.extend(["--readonly".to_string(), dev.clone()]);
+    }
+    if let Some(dev) = &user_data.console {
+        args.extend(["--console".to_string(), dev.clone()]);
+    }
+    if let Some(net) = &user_data.net {
+        args.extend([
+            "--net".to_string(),
+            format!("{},{},{}", net.guest_ip(), net.host_ip, net.token),
+        ]);
     }
     let out = Command::new("bash")
         .arg(repo.join("resources/cloud-image/user-data.sh"))
@@ -1016,13 +1054,27 @@ pub fn cloud_seed(dir: &Path, user_data: &CloudUserData) -> PathBuf {
     )
     .expect("write meta-data");
     let seed = dir.join("seed.img");
-    let out = Command::new("bash")
+    let mut seed_sh = Command::new("bash");
+    seed_sh
         .arg(repo.join("resources/cloud-image/seed.sh"))
         .arg(&seed)
         .arg(&user_data_path)
-        .arg(&meta_data_path)
-        .output()
-        .expect("run resources/cloud-image/seed.sh");
+        .arg(&meta_data_path);
+    if let Some(net) = &user_data.net {
+        // NoCloud network-config, version 2: the NIC found by its MAC, a static address.
+        let network_config = dir.join("network-config");
+        fs::write(
+            &network_config,
+            format!(
+                "version: 2\nethernets:\n  rig0:\n    match:\n      macaddress: \"{}\"\n    \
+                 addresses: [{}]\n",
+                net.mac, net.guest_cidr
+            ),
+        )
+        .expect("write network-config");
+        seed_sh.arg(&network_config);
+    }
+    let out = seed_sh.output().expect("run resources/cloud-image/seed.sh");
     assert!(
         out.status.success(),
         "seed.sh failed: {}",
