@@ -44,8 +44,9 @@ SUITE=bookworm
 # (cloud-init -> python3-oauthlib) depends on the virtual python3-cffi-backend-api-*.
 PACKAGES=(systemd-sysv udev cloud-init linux-image-cloud-amd64 initramfs-tools e2fsprogs
 	python3-cffi-backend)
-# Modules the initrd must carry to find the root disk; ext4 is built into the cloud kernel.
-INITRD_MODULES=(virtio_pci virtio_blk virtio_scsi sd_mod)
+# Modules the initrd must carry to find the root disk (and virtio_console, so that a
+# console=hvc0 guest has its console from the start); ext4 is built into the cloud kernel.
+INITRD_MODULES=(virtio_pci virtio_blk virtio_scsi sd_mod virtio_console)
 # Units that would only cost boot time in a short-lived guest without network or VGA.
 MASKED_UNITS=(systemd-firstboot.service apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer
 	e2scrub_all.timer e2scrub_reap.service fstrim.timer getty@tty1.service
