@@ -6,6 +6,13 @@
 //! holding the file cloud-init wrote (a qcow2 file served as raw would be corrupted by the
 //! first guest write, and the guest would not even find its partitions).
 //!
+//! The same boot is the cloud image as users get it in every other respect too: its console is
+//! hvc0 (`--console tty --serial off`, the kernel's `console=hvc0`), so every `GUEST-` line and
+//! the login prompt reach the log only through the virtio console; a NIC on a tap viaduct
+//! creates (`--net tap=…,ip=169.254.10.1,…`) is configured by the seed's NoCloud
+//! network-config, and the guest and the rig host each fetch a file from the other over HTTP;
+//! and the kernel's hardware RNG is virtio-rng.
+//!
 //! L1 QEMU gives each image file to the rig host as a raw virtio disk, so viaduct sees qcow2
 //! bytes on `/dev/vdX` in L2, where a qcow2 file cannot grow: the images get free room at
 //! their end first (clusters nobody references, which qcow2 allocates from).
@@ -20,9 +27,32 @@ use std::process::Command;
 
 use common::{
     cloud_cmdline, cloud_image, cloud_seed, marker_token, rig_disk_check,
-    viaduct_command_with_timeout, CloudUserData, HostDiskMode, RigHost, RigRun, CLOUD_INITRD_IN_L2,
-    CLOUD_KERNEL_IN_L2, RIG_TIMEOUT_SECS, VIADUCT_TIMED_OUT,
+    viaduct_command_with_timeout, CloudNet, CloudUserData, HostDiskMode, RigHost, RigRun,
+    CLOUD_INITRD_IN_L2, CLOUD_KERNEL_IN_L2, RIG_TIMEOUT_SECS, VIADUCT_TIMED_OUT,
 };
+
+/// The guest NIC's MAC.
+const GUEST_MAC: &str = "52:54:00:0a:00:02";
+
+/// Rig-host lines run before viaduct: an HTTP server on port 8080 serving `host.txt`, and a
+/// background job that fetches `guest.txt` from the guest once it answers
+/// (`RIG-NET-FROM-GUEST=`), then serves `done.txt` so the guest may power off.
+fn rig_host_http(host_token: &str, guest_ip: &str) -> String {
+    format!(
+        "mkdir -p /tmp/hostwww\n\
+         echo host-{host_token} >/tmp/hostwww/host.txt\n\
+         httpd -p 8080 -h /tmp/hostwww || echo RIG-NOTE: httpd did not start\n\
+         (\n\
+           got=\n\
+           for i in $(seq 1 300); do\n\
+             got=$(timeout 5 wget -q -O - http://{guest_ip}:8080/guest.txt 2>/dev/null) && [ -n \"$got\" ] && break\n\
+             sleep 1\n\
+           done\n\
+           echo \"RIG-NET-FROM-GUEST=$got\"\n\
+           echo done >/tmp/hostwww/done.txt\n\
+         ) &\n"
+    )
+}
 
 /// Memory of the cloud guest (as in tests/rig_disk.rs).
 const CLOUD_GUEST_MIB: u64 = 1024;
@@ -97,8 +127,9 @@ fn file_contains(path: &Path, needle: &[u8]) -> bool {
 }
 
 #[test]
-fn cloud_image_boots_from_qcow2_and_an_overlay_keeps_the_guest_writes() {
-    let test = "cloud_image_boots_from_qcow2_and_an_overlay_keeps_the_guest_writes";
+fn cloud_image_boots_from_qcow2_on_hvc0_with_a_nic_and_an_overlay_keeps_the_guest_writes() {
+    let test =
+        "cloud_image_boots_from_qcow2_on_hvc0_with_a_nic_and_an_overlay_keeps_the_guest_writes";
     let image = cloud_image();
     let mut host = RigHost::new(test);
     let dir = host.dir().to_path_buf();
@@ -132,11 +163,20 @@ fn cloud_image_boots_from_qcow2_and_an_overlay_keeps_the_guest_writes() {
     add_room(&overlay);
     let base_before = fs::read(&base).unwrap();
 
+    let net = CloudNet {
+        mac: GUEST_MAC.into(),
+        guest_cidr: "169.254.10.2/16".into(),
+        host_ip: "169.254.10.1".into(),
+        token: marker_token(),
+    };
+    let host_token = marker_token();
     let user_data = CloudUserData {
         marker: marker_token(),
         file_token: marker_token(),
         // The guest's third disk is the overlay: it writes the marker to its first sector.
         blank: Some("vdc".into()),
+        console: Some("hvc0".into()),
+        net: Some(net.clone()),
         ..Default::default()
     };
     let seed = cloud_seed(&dir, &user_data);
@@ -150,16 +190,19 @@ fn cloud_image_boots_from_qcow2_and_an_overlay_keeps_the_guest_writes() {
         "the overlay names its backing file so"
     );
     let scenario = rig_disk_check(&[&root_disk, &seed_disk, &base_disk, &overlay_disk])
+        + &rig_host_http(&host_token, net.guest_ip())
         + &viaduct_command_with_timeout(
             &format!(
                 "--kernel {CLOUD_KERNEL_IN_L2} --initramfs {CLOUD_INITRD_IN_L2} \
                  --cmdline \"{}\" --cpus boot=1 --memory size={CLOUD_GUEST_MIB}M \
-                 --serial tty --console off --disk path={} --disk path={},readonly=on \
-                 --disk path={},image_type=qcow2,backing_files=on",
-                cloud_cmdline(),
+                 --console tty --serial off --disk path={} --disk path={},readonly=on \
+                 --disk path={},image_type=qcow2,backing_files=on \
+                 --net tap=vtap0,ip={},mask=255.255.0.0,mac={GUEST_MAC}",
+                cloud_cmdline().replace("console=ttyS0", "console=hvc0"),
                 root_disk.dev(),
                 seed_disk.dev(),
-                overlay_disk.dev()
+                overlay_disk.dev(),
+                net.host_ip
             ),
             CLOUD_VIADUCT_TIMEOUT_SECS,
         );
@@ -188,6 +231,38 @@ fn cloud_image_boots_from_qcow2_and_an_overlay_keeps_the_guest_writes() {
     assert_eq!(run.guest("SYSTEMD-STATE"), Some("running"), "{context}");
     assert_eq!(run.guest("CLOUD-ERRORS"), Some("0"), "{context}");
     assert_viaduct_exit_zero(&run);
+
+    // The console: with no UART every GUEST- line above came through hvc0, and so did
+    // systemd's login prompt (a getty on the kernel's console=hvc0).
+    assert!(
+        run.log.contains("viaduct-cloud login:"),
+        "no login prompt on hvc0\n{context}"
+    );
+    // The NIC: network-config gave it its address, and HTTP went both ways.
+    let nic = format!("{GUEST_MAC},virtio_net,{}", net.guest_cidr);
+    assert!(
+        run.values("GUEST-NET-IF").iter().any(|v| v.ends_with(&nic)),
+        "the guest's NIC (wanted …,{nic}): {:?}\n{context}",
+        run.values("GUEST-NET-IF")
+    );
+    assert_eq!(
+        run.guest("NET-FROM-HOST"),
+        Some(format!("host-{host_token}").as_str()),
+        "the guest did not read the rig host's file\n{context}"
+    );
+    assert_eq!(
+        run.value("RIG-NET-FROM-GUEST"),
+        Some(format!("guest-{}", net.token).as_str()),
+        "the rig host did not read the guest's file\n{context}"
+    );
+    assert_eq!(run.guest("NET-HOST-DONE"), Some("1"), "{context}");
+    // Entropy: the kernel uses virtio-rng, and /dev/hwrng gives data.
+    assert_eq!(run.guest("RNG"), Some("virtio_rng.0"), "{context}");
+    let hwrng = run.guest("HWRNG-BYTES").unwrap_or("");
+    assert!(
+        hwrng.len() == 64 && hwrng.chars().any(|c| c != '0'),
+        "32 bytes from /dev/hwrng, as hex: {hwrng:?}\n{context}"
+    );
 
     // The root image: still qcow2 (header intact), consistent, and holding the file that
     // write_files wrote (the guest's writes went through qcow2, not over the header).
