@@ -14,6 +14,7 @@
 //! registers the notification eventfds.
 
 pub mod block;
+pub mod net;
 pub mod pci;
 
 #[cfg(test)]
