@@ -277,6 +277,9 @@ pub enum InvalidValue {
     /// A `--disk` value is wrong; see [`crate::disk::DiskError`].
     #[error(transparent)]
     Disk(#[from] crate::disk::DiskError),
+    /// A `--net` value is wrong; see [`crate::net::NetError`].
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     /// The device path does not exist.
     #[error("no such device: {0}; list devices with `ls {SYSFS_PCI_DEVICES}`")]
     NoSuchDevice(String),
@@ -441,6 +444,8 @@ pub fn build(cli: &Cli) -> Result<VmConfig, ConfigError> {
         }
     }
     let disks = crate::disk::parse_disks(&cli.disks, pci.segments.len())?;
+    // Last: opening a tap may create one, so everything else is checked first.
+    let nets = crate::net::parse_nets(&cli.nets, pci.segments.len())?;
     Ok(VmConfig {
         kernel: kernel.to_path_buf(),
         initramfs: cli.initramfs.clone(),
@@ -459,6 +464,7 @@ pub fn build(cli: &Cli) -> Result<VmConfig, ConfigError> {
             .map(parse_api_socket)
             .transpose()?,
         seccomp: parse_seccomp(&cli.seccomp)?,
+        nets,
     })
 }
 

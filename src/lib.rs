@@ -15,6 +15,7 @@ pub mod config;
 pub mod disk;
 pub mod launch;
 pub mod logging;
+pub mod net;
 pub mod options;
 pub mod remote;
 

@@ -16,6 +16,7 @@ mod disks;
 mod interrupts;
 mod legacy;
 pub mod memory;
+mod nets;
 mod passthrough;
 pub mod seccomp;
 mod signals;
@@ -367,6 +368,12 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
             .iter()
             .map(|d| (d.pci_segment, disks::bar_spec())),
     );
+    demand.extend(
+        config
+            .nets
+            .iter()
+            .map(|n| (n.pci_segment, disks::bar_spec())),
+    );
     let ram_end = arch::memory::ram_end(config.memory_bytes);
     let iova_ranges = passthrough.iova_ranges();
     let plan = topology::plan_segments(
@@ -408,6 +415,9 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     let dma_mem = Arc::new(mem.clone());
     for disk in &config.disks {
         disks::attach(&pci_devices.manager, disk, &dma_mem, &router)?;
+    }
+    for net in &config.nets {
+        nets::attach(&pci_devices.manager, net, &dma_mem, &router)?;
     }
     for device in opened {
         pci_devices

@@ -547,3 +547,50 @@ fn an_fd_that_is_not_a_tap_is_refused() {
     let e = unsafe { Tap::from_fd(fds[0]) }.unwrap_err();
     assert!(matches!(e, TapError::FdNotOpen { .. }), "{e}");
 }
+
+/// Needs CAP_NET_ADMIN and /dev/net/tun; returns early (and says so) without them.
+#[test]
+fn a_real_tap_is_created_configured_reopened_per_pair_and_gone_when_closed() {
+    let name = format!("vdt{}", std::process::id() % 100_000);
+    let (taps, created) = match Tap::open_named(Some(&name), 2) {
+        Ok(t) => t,
+        Err(e @ (TapError::CreateDenied { .. } | TapError::OpenTun(_))) => {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    assert!(created);
+    assert_eq!(taps.len(), 2);
+    assert!(taps.iter().all(|t| t.name() == name));
+    assert!(interface_exists(&name));
+    configure_host(
+        &name,
+        Some((
+            "169.254.77.1".parse().unwrap(),
+            "255.255.0.0".parse().unwrap(),
+        )),
+    )
+    .unwrap();
+    let flags = std::fs::read_to_string(format!("/sys/class/net/{name}/flags")).unwrap();
+    let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap();
+    assert_ne!(flags & libc::IFF_UP as u32, 0, "link up");
+    taps[0]
+        .set_offload(libc::TUN_F_CSUM | libc::TUN_F_TSO4)
+        .unwrap();
+    // An existing tap is opened, not created.
+    let (again, created) = Tap::open_named(Some(&name), 2).unwrap();
+    assert!(!created);
+    // Adopting one of its fds works like fd=N.
+    // SAFETY: dup of an fd we hold; the copy is handed to from_fd, which owns it.
+    let fd = unsafe { libc::dup(again[0].as_raw_fd()) };
+    assert!(fd > 2);
+    // SAFETY: `fd` is a fresh dup nothing else owns.
+    let adopted = unsafe { Tap::from_fd(fd) }.unwrap();
+    assert_eq!(adopted.name(), name);
+    drop((taps, again, adopted));
+    assert!(
+        !interface_exists(&name),
+        "a created tap goes with its last fd"
+    );
+}
