@@ -30,7 +30,7 @@ fn host_side(host_token: &str, guest_ips: &[&str]) -> String {
            for ip in {ips}; do\n\
              got=\n\
              for i in $(seq 1 200); do\n\
-               got=$(wget -q -T 3 -O - http://$ip/guest.txt 2>/dev/null) && [ -n \"$got\" ] && break\n\
+               got=$(timeout 3 wget -q -O - http://$ip/guest.txt 2>/dev/null) && [ -n \"$got\" ] && break\n\
                sleep 1\n\
              done\n\
              echo \"RIG-NET-FROM-GUEST=$ip,$got\" >>/tmp/net-result\n\

@@ -5,7 +5,7 @@
 # same persistent tap made beforehand with tunctl (169.254.30.1/16 on the rig host side), and
 # sends N MiB to the rig host:
 #   guest: dd if=/dev/zero bs=1M count=N | nc 169.254.30.1 5001
-#   rig host: nc -l -p 5001 >/dev/null
+#   rig host: nc -l -p 5001 >/dev/null (its stdin held open: at EOF busybox nc stops reading)
 # (the guest's net-io step with viaduct_net_send_mib=N, timed on the guest's clock). The script
 # prints each VMM's MiB/s and the ratio viaduct/QEMU. Absolute numbers under nested emulation
 # mean little; the ratio, measured in one run, does.
@@ -62,17 +62,16 @@ viaduct_net_token=bench viaduct_net_send_mib=$MIB"
 	for round in $(seq "$ROUNDS"); do
 		if [[ $QEMU_ONLY == 0 ]]; then
 			cat <<-EOF
-				nc -l -p 5001 >/dev/null &
+				(sleep 600 | nc -l -p 5001 >/dev/null) &
 				echo "RIG-BENCH-VMM=viaduct round=$round uptime=\$(cut -d' ' -f1 /proc/uptime)"
 				viaduct --kernel /guest/bzImage --initramfs /guest/initramfs.cpio.gz \\
 					--cmdline "$CMDLINE viaduct_marker=viaduct-$round" --cpus boot=1 --memory size=512M \\
 					--serial tty --console off --net tap=btap0,mac=$MAC
 				echo "VIADUCT-EXIT=\$? uptime=\$(cut -d' ' -f1 /proc/uptime)"
-				wait
 			EOF
 		fi
 		cat <<-EOF
-			nc -l -p 5001 >/dev/null &
+			(sleep 600 | nc -l -p 5001 >/dev/null) &
 			echo "RIG-BENCH-VMM=qemu round=$round uptime=\$(cut -d' ' -f1 /proc/uptime)"
 			qemu-system-x86_64 -accel kvm -M q35 -cpu host -m 512 -smp 1 -L /fw -display none -vga none \\
 				-monitor none -serial stdio -no-reboot -kernel /guest/bzImage \\
@@ -80,7 +79,6 @@ viaduct_net_token=bench viaduct_net_send_mib=$MIB"
 				-netdev tap,id=n0,ifname=btap0,script=no,downscript=no,vhost=off \\
 				-device virtio-net-pci,netdev=n0,mac=$MAC,romfile=
 			echo "QEMU-EXIT=\$? uptime=\$(cut -d' ' -f1 /proc/uptime)"
-			wait
 		EOF
 	done
 } >"$OUT/scenario.sh"

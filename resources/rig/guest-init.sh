@@ -482,6 +482,7 @@ wait_blk() {
 one_word() { tr -s ' \n\t' '___' | sed 's/_*$//' | tr -cd 'A-Za-z0-9._:/=-' | head -c 160; }
 
 # The net-io step: configure each NIC named by its MAC, then talk HTTP both ways with the peer.
+# (busybox wget's own -T timeout crashes this static build: `timeout` bounds it instead.)
 net_io() {
 	token=$(cmdline_value viaduct_net_token)
 	mkdir -p /tmp/www
@@ -511,10 +512,9 @@ net_io() {
 		ip addr add "$addr" dev "$dev"
 		replies=$(ping -c 3 -W 5 "$peer" 2>/dev/null | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
 		echo "GUEST-NET-PING=$mac,${replies:-0}"
-		body=$(wget -q -T 10 -O - "http://$peer:8080/host.txt" 2>/tmp/wget.err) ||
+		body=$(timeout 10 wget -q -O - "http://$peer:8080/host.txt" 2>/tmp/wget.err) ||
 			echo "GUEST-ERROR=net-io: wget from $peer failed: $(one_word </tmp/wget.err)"
 		echo "GUEST-NET-FROM-HOST=$mac,$(echo "$body" | one_word)"
-		echo "GUEST-NET-TCP=$(grep -A1 "^Tcp:" /proc/net/snmp | tail -1 | one_word)"
 	done
 	for spec in $(cmdline_value viaduct_net | tr '+' ' '); do
 		mac=${spec%%,*}
@@ -522,7 +522,7 @@ net_io() {
 		finished=0
 		waited=0
 		while [ "$waited" -lt 120 ]; do
-			wget -q -T 5 -O /dev/null "http://$peer:8080/done.txt" 2>/dev/null && { finished=1; break; }
+			timeout 5 wget -q -O /dev/null "http://$peer:8080/done.txt" 2>/dev/null && { finished=1; break; }
 			sleep 1
 			waited=$((waited + 1))
 		done
