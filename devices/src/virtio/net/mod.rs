@@ -7,11 +7,12 @@
 //! `readv`/`writev` on the descriptors' guest memory, header included: the tap speaks the same
 //! 12-byte `virtio_net_hdr_v1`.
 //!
-//! Offered features: VERSION_1, MAC, STATUS (link up), CTRL_VQ, MQ, indirect descriptors, and
+//! Offered features: VERSION_1, MAC, STATUS (link up), CTRL_VQ, MQ, indirect descriptors,
+//! EVENT_IDX (kicks and interrupts only when the other side waits for them), and
 //! the offloads: checksum (CSUM, GUEST_CSUM) and TSO4/TSO6/ECN in both directions. What the
 //! guest accepts for its receive side becomes the tap's `TUNSETOFFLOAD` at activation. Not
 //! offered: MRG_RXBUF (each receive chain holds a whole frame, as in cloud-hypervisor), UFO,
-//! EVENT_IDX, CTRL_RX, MTU. Control commands: MQ_VQ_PAIRS_SET (range-checked, every pair stays
+//! CTRL_RX, MTU. Control commands: MQ_VQ_PAIRS_SET (range-checked, every pair stays
 //! served); anything else is answered VIRTIO_NET_ERR.
 
 mod tap;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net as vn;
+use virtio_queue::QueueT;
 
 pub use self::tap::{configure_host, interface_exists, valid_name, Tap, TapError, VNET_HDR_LEN};
 use self::worker::Worker;
@@ -158,6 +160,7 @@ pub fn offered_features(offloads: Offloads, queue_pairs: u16) -> u64 {
     let bit = |b: u32| 1u64 << b;
     let mut f = features::VERSION_1
         | features::RING_INDIRECT_DESC
+        | features::RING_EVENT_IDX
         | bit(vn::VIRTIO_NET_F_MAC)
         | bit(vn::VIRTIO_NET_F_STATUS)
         | bit(vn::VIRTIO_NET_F_CTRL_VQ);
@@ -293,7 +296,9 @@ impl VirtioDevice for VirtioNet {
         self.reset();
         let pairs = self.taps.len();
         let mut slots: Vec<Option<ActiveQueue>> = (0..=pairs * 2).map(|_| None).collect();
-        for q in queues {
+        let event_idx = acked_features & features::RING_EVENT_IDX != 0;
+        for mut q in queues {
+            q.queue.set_event_idx(event_idx);
             if let Some(slot) = slots.get_mut(usize::from(q.index)) {
                 *slot = Some(q);
             }

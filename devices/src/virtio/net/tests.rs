@@ -262,7 +262,7 @@ fn offered_features_follow_the_offload_settings() {
     ] {
         assert_eq!(all & bit(b), 0, "bit {b}");
     }
-    assert_eq!(all & features::RING_EVENT_IDX, 0);
+    assert_ne!(all & features::RING_EVENT_IDX, 0);
     // One pair: no MQ.
     assert_eq!(
         offered_features(Offloads::default(), 1) & bit(vn::VIRTIO_NET_F_MQ),
@@ -593,4 +593,24 @@ fn a_real_tap_is_created_configured_reopened_per_pair_and_gone_when_closed() {
         !interface_exists(&name),
         "a created tap goes with its last fd"
     );
+}
+
+#[test]
+fn with_event_idx_the_device_asks_for_the_next_kick_after_draining_a_queue() {
+    let mut n = Net::new(1);
+    n.start_all();
+    let f = frame(b"event idx");
+    n.put(DATA, &f);
+    for i in 1..=3u16 {
+        n.submit(1, &[B(DATA, f.len() as u32, false)]);
+        n.wait_used(1, i);
+        assert_eq!(n.peers[0].recv().unwrap(), f);
+        // avail_event, after the used ring's entries: the index whose arrival deserves a kick.
+        let at = n.rings[1].used + 4 + u64::from(QSIZE) * 8;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while n.d.mem.read_obj::<u16>(GuestAddress(at)).unwrap() != i {
+            assert!(Instant::now() < deadline, "avail_event not advanced to {i}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 }

@@ -302,16 +302,35 @@ impl Context {
         }
         let mem = &*self.q.mem;
         let mut used = 0usize;
+        // While buffers are posted the tap drives us: the guest need not kick.
+        if let Err(e) = self.q.rx.queue.disable_notification(mem) {
+            crate::warn_limited!("{}: receive queue: {e}", self.q.name);
+        }
+        let mut recheck = false;
         loop {
             if used == RX_BUDGET {
                 break;
             }
             let Some(chain) = self.q.rx.queue.pop_descriptor_chain(mem) else {
-                // No buffer: stop listening to the tap until the guest posts some (RX kick).
+                // No buffer: ask for a kick when the guest posts some, unless it just did.
+                match self.q.rx.queue.enable_notification(mem) {
+                    Ok(true) if !recheck => {
+                        recheck = true;
+                        continue;
+                    }
+                    Ok(true) => crate::warn_limited!(
+                        "{}: receive queue: the available ring index is invalid",
+                        self.q.name
+                    ),
+                    Ok(false) => {}
+                    Err(e) => crate::warn_limited!("{}: receive queue: {e}", self.q.name),
+                }
+                // Stop listening to the tap until the guest posts buffers (RX kick).
                 self.rx_armed = false;
                 self.update_tap_interest();
                 break;
             };
+            recheck = false;
             let head = chain.head_index();
             let len = match self.receive_into(mem, chain) {
                 Some(len) => len,
@@ -378,44 +397,79 @@ impl Context {
         }
         let mem = &*self.q.mem;
         let mut used = 0usize;
-        while let Some(chain) = self.q.tx.queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let descs: Vec<Descriptor> = chain.collect();
-            match Iovecs::of(mem, &descs, false) {
-                Ok(iov) if iov.len >= VNET_HDR_LEN => {
-                    match transfer(&self.q.tap, &iov.raw(), false) {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            self.q.tx.queue.go_to_previous_position();
-                            self.tx_blocked = true;
-                            self.update_tap_interest();
-                            break;
-                        }
-                        // EINVAL: a header the tap refuses (bad GSO fields); EIO: link down.
-                        Err(e) => crate::warn_limited!(
-                            "{}: a transmitted frame of {} bytes was dropped: {e}",
-                            self.q.name,
-                            iov.len
-                        ),
-                    }
-                }
-                Ok(iov) => crate::warn_limited!(
-                    "{}: a transmit chain of {} bytes is shorter than the header; dropped",
-                    self.q.name,
-                    iov.len
-                ),
-                Err(reason) => {
-                    crate::warn_limited!("{}: bad transmit chain: {reason}; dropped", self.q.name)
-                }
-            }
-            if let Err(e) = self.q.tx.queue.add_used(mem, head, 0) {
+        let mut idle_rounds = 0;
+        loop {
+            if let Err(e) = self.q.tx.queue.disable_notification(mem) {
                 crate::warn_limited!("{}: transmit queue: {e}", self.q.name);
             }
-            used += 1;
+            let mut popped = 0;
+            while let Some(chain) = self.q.tx.queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                let descs: Vec<Descriptor> = chain.collect();
+                if !self.transmit(mem, &descs) {
+                    self.q.tx.queue.go_to_previous_position();
+                    self.tx_blocked = true;
+                    self.update_tap_interest();
+                    break;
+                }
+                if let Err(e) = self.q.tx.queue.add_used(mem, head, 0) {
+                    crate::warn_limited!("{}: transmit queue: {e}", self.q.name);
+                }
+                popped += 1;
+            }
+            used += popped;
+            if self.tx_blocked {
+                // Resumed when the tap is writable; no kicks needed meanwhile.
+                break;
+            }
+            idle_rounds = if popped == 0 { idle_rounds + 1 } else { 0 };
+            match self.q.tx.queue.enable_notification(mem) {
+                // More arrived while notifications were off; a ring whose index says so but
+                // yields nothing twice in a row is broken, and is left alone until the next kick.
+                Ok(true) if idle_rounds < 2 => continue,
+                Ok(true) => {
+                    crate::warn_limited!(
+                        "{}: transmit queue: the available ring index is invalid",
+                        self.q.name
+                    );
+                    break;
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    crate::warn_limited!("{}: transmit queue: {e}", self.q.name);
+                    break;
+                }
+            }
         }
         if used > 0 && self.q.tx.queue.needs_notification(mem).unwrap_or(true) {
             self.q.interrupt.signal_queue(self.q.tx.index);
         }
+    }
+
+    /// Writes one transmit chain to the tap; false when the tap is full (`EAGAIN`) and the
+    /// chain must wait. A chain that cannot be sent is dropped (and counts as done).
+    fn transmit(&self, mem: &GuestMemory, descs: &[Descriptor]) -> bool {
+        match Iovecs::of(mem, descs, false) {
+            Ok(iov) if iov.len >= VNET_HDR_LEN => match transfer(&self.q.tap, &iov.raw(), false) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                // EINVAL: a header the tap refuses (bad GSO fields); EIO: link down.
+                Err(e) => crate::warn_limited!(
+                    "{}: a transmitted frame of {} bytes was dropped: {e}",
+                    self.q.name,
+                    iov.len
+                ),
+            },
+            Ok(iov) => crate::warn_limited!(
+                "{}: a transmit chain of {} bytes is shorter than the header; dropped",
+                self.q.name,
+                iov.len
+            ),
+            Err(reason) => {
+                crate::warn_limited!("{}: bad transmit chain: {reason}; dropped", self.q.name)
+            }
+        }
+        true
     }
 
     /// Answers every control command the driver queued.
@@ -425,14 +479,36 @@ impl Context {
         };
         let mem = &*self.q.mem;
         let mut used = 0usize;
-        while let Some(chain) = ctrl.queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let descs: Vec<Descriptor> = chain.collect();
-            let len = control_command(&self.q.name, mem, &descs, self.q.max_pairs);
-            if let Err(e) = ctrl.queue.add_used(mem, head, len) {
-                crate::warn_limited!("{}: control queue: {e}", self.q.name);
+        let mut idle_rounds = 0;
+        loop {
+            let _ = ctrl.queue.disable_notification(mem);
+            let mut popped = 0;
+            while let Some(chain) = ctrl.queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                let descs: Vec<Descriptor> = chain.collect();
+                let len = control_command(&self.q.name, mem, &descs, self.q.max_pairs);
+                if let Err(e) = ctrl.queue.add_used(mem, head, len) {
+                    crate::warn_limited!("{}: control queue: {e}", self.q.name);
+                }
+                popped += 1;
             }
-            used += 1;
+            used += popped;
+            idle_rounds = if popped == 0 { idle_rounds + 1 } else { 0 };
+            match ctrl.queue.enable_notification(mem) {
+                Ok(true) if idle_rounds < 2 => continue,
+                Ok(true) => {
+                    crate::warn_limited!(
+                        "{}: control queue: the available ring index is invalid",
+                        self.q.name
+                    );
+                    break;
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    crate::warn_limited!("{}: control queue: {e}", self.q.name);
+                    break;
+                }
+            }
         }
         if used > 0 && ctrl.queue.needs_notification(mem).unwrap_or(true) {
             self.q.interrupt.signal_queue(ctrl.index);
