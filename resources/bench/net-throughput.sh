@@ -42,6 +42,7 @@ if [[ $QEMU_ONLY == 0 ]]; then
 	if [[ $PROFILE == release ]]; then cargo build -q --release --bin viaduct; else cargo build -q --bin viaduct; fi
 fi
 VIADUCT=$REPO_DIR/target/$PROFILE/viaduct
+BUILT=$(git -C "$REPO_DIR" describe --always --dirty)
 [[ $QEMU_ONLY == 1 && ! -x $VIADUCT ]] && VIADUCT=/bin/true
 
 OUT=$REPO_DIR/target/rig/bench-net-throughput
@@ -103,7 +104,7 @@ best() {
 		/RIG-BENCH-VMM=/ { cur = $0; sub(/.*RIG-BENCH-VMM=/, "", cur); sub(/ .*/, "", cur) }
 		/GUEST-NET-SEND-SECONDS=/ && cur == vmm { v = $0; sub(/.*GUEST-NET-SEND-SECONDS=/, "", v); sub(/[^0-9.].*/, "", v)
 			if (v + 0 > 0 && mib / v > b) b = mib / v }
-		END { if (b > 0) printf "%.1f\n", b }'
+		END { if (b > 0) printf "%.3f\n", b }'
 }
 errors=$(tr -d '\r' <"$OUT/serial.log" | grep -aoE 'GUEST-ERROR=.*' || true)
 QEMU_MIBS=$(best qemu)
@@ -111,7 +112,7 @@ echo "== virtio-net guest -> rig host, $MIB MiB over TCP (busybox nc), 1 vCPU; $
 echo "qemu:    ${QEMU_MIBS:-FAILED} MiB/s   ($("$QEMU_BIN" --version | head -n1), vhost=off)"
 if [[ $QEMU_ONLY == 0 ]]; then
 	VIADUCT_MIBS=$(best viaduct)
-	echo "viaduct: ${VIADUCT_MIBS:-FAILED} MiB/s   ($PROFILE build, $(git -C "$REPO_DIR" describe --always --dirty))"
+	echo "viaduct: ${VIADUCT_MIBS:-FAILED} MiB/s   ($PROFILE build, $BUILT)"
 	if [[ -n $QEMU_MIBS && -n $VIADUCT_MIBS ]]; then
 		echo "ratio viaduct/qemu: $(awk -v a="$VIADUCT_MIBS" -v b="$QEMU_MIBS" 'BEGIN { printf "%.2f", a / b }')"
 	fi
