@@ -33,6 +33,16 @@ pub enum TapError {
     /// `/dev/net/tun` could not be opened.
     #[error("cannot open /dev/net/tun (is the tun module loaded? `modprobe tun`)")]
     OpenTun(#[source] io::Error),
+    /// `/dev/net/tun` exists but this user may not open it.
+    #[error(
+        "no permission to open /dev/net/tun for tap {name}: run viaduct as root, or give its \
+         user access to /dev/net/tun (usually mode 0666) and a tap made beforehand (`ip tuntap \
+         add {name} mode tap user $USER`)"
+    )]
+    TunDenied {
+        /// The tap.
+        name: String,
+    },
     /// Several queue pairs asked of a kernel without multi-queue taps.
     #[error("this kernel's tap driver has no IFF_MULTI_QUEUE; use num_queues=2 (one queue pair)")]
     NoMultiQueue,
@@ -190,14 +200,19 @@ impl Tap {
     }
 
     fn open_one(name: Option<&str>, multi: bool, existed: bool) -> Result<Tap, TapError> {
+        let shown = name.unwrap_or(DEFAULT_NAME_TEMPLATE).to_string();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
-            .map_err(TapError::OpenTun)?;
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::PermissionDenied => TapError::TunDenied {
+                    name: shown.clone(),
+                },
+                _ => TapError::OpenTun(e),
+            })?;
         let fd: OwnedFd = file.into();
-        let shown = name.unwrap_or(DEFAULT_NAME_TEMPLATE).to_string();
         if multi {
             let mut features: libc::c_uint = 0;
             // SAFETY: TUNGETFEATURES writes one unsigned int into `features`, which outlives it.
