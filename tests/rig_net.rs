@@ -19,7 +19,8 @@ const NICS: [(&str, &str, &str); 2] = [
 
 /// Rig-host lines: an HTTP server on port 8080 serving `host.txt`, and a background job that
 /// fetches `guest.txt` from each guest address once it answers, records what it got in
-/// /tmp/net-result, then serves `done.txt` so the guest may power off.
+/// /tmp/net-result, then serves `done.txt` so the guest may power off. The job writes nothing
+/// to the console (the shell's "Terminated" for each timed-out try would split guest lines).
 fn host_side(host_token: &str, guest_ips: &[&str]) -> String {
     format!(
         "mkdir -p /tmp/hostwww\n\
@@ -36,7 +37,7 @@ fn host_side(host_token: &str, guest_ips: &[&str]) -> String {
              echo \"RIG-NET-FROM-GUEST=$ip,$got\" >>/tmp/net-result\n\
            done\n\
            echo done >/tmp/hostwww/done.txt\n\
-         ) &\n",
+         ) >/dev/null 2>&1 &\n",
         ips = guest_ips.join(" ")
     )
 }
