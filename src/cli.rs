@@ -213,6 +213,32 @@ pub struct Cli {
     )]
     pub disks: Vec<String>,
 
+    /// A virtio-net NIC on a host TAP device, one value per NIC. Takes several values and may be
+    /// repeated; the guest sees the NICs in command-line order (eth0/ens…, one PCI function each).
+    ///
+    /// Keys (cloud-hypervisor's): `tap=NAME` opens that tap, creating it when no such interface
+    /// exists (creating needs CAP_NET_ADMIN; without `tap=` a `vmtap%d` is created). `ip=` and
+    /// `mask=` (default 255.255.255.0) give a tap viaduct creates its host address; an existing
+    /// tap is left as it is. `fd=N` or `fd=[N,M,...]` adopts tap fds opened by whoever started
+    /// viaduct (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR), one per queue pair. `mac` is the guest's MAC
+    /// (default: random, locally administered). `num_queues` counts RX plus TX queues: even,
+    /// default 2 (one pair); more pairs need a multi-queue tap. `queue_size` is a power of two
+    /// up to 32768 (default 256). `id` names the NIC in messages; `pci_segment` as for --disk.
+    /// `offload_csum` and `offload_tso` (default on) offer checksum and TCP segmentation
+    /// offload. Not supported: host_mac, mtu, iommu, vhost_user, socket, vhost_mode, the rate
+    /// limits (bw_*, ops_*, rate_limit_group), pci_device_id, offload_ufo. A tap that cannot be
+    /// opened or created, a bad MAC, or an fd that is not a tap stops viaduct before the VM
+    /// starts. See docs/network.md.
+    ///
+    /// Example: `--net tap=tap0,ip=169.254.10.1,mask=255.255.0.0,mac=52:54:00:12:34:56`.
+    #[arg(
+        long = "net",
+        value_name = "tap=NAME|fd=N[,mac=MAC][,ip=IP,mask=MASK][,num_queues=N][,queue_size=N][,id=NAME]",
+        num_args = 1..,
+        action = ArgAction::Append
+    )]
+    pub nets: Vec<String>,
+
     /// Log more: none = warnings and errors, -v = info, -vv = debug, -vvv = trace. RUST_LOG, when
     /// set, overrides this (e.g. RUST_LOG=vmm=trace).
     #[arg(short, long, action = ArgAction::Count, global = true)]

@@ -274,6 +274,9 @@ pub enum InvalidValue {
     /// A `--console` or `--rng` value is wrong; see [`crate::console::ConsoleError`].
     #[error(transparent)]
     Console(#[from] crate::console::ConsoleError),
+    /// A `--net` value is wrong; see [`crate::net::NetError`].
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     /// The device path does not exist.
     #[error("no such device: {0}; list devices with `ls {SYSFS_PCI_DEVICES}`")]
     NoSuchDevice(String),
@@ -439,6 +442,8 @@ pub fn build(cli: &Cli) -> Result<VmConfig, ConfigError> {
         }
     }
     let disks = crate::disk::parse_disks(&cli.disks, pci.segments.len())?;
+    // Last: opening a tap may create one, so everything else is checked first.
+    let nets = crate::net::parse_nets(&cli.nets, pci.segments.len())?;
     Ok(VmConfig {
         kernel: kernel.to_path_buf(),
         initramfs: cli.initramfs.clone(),
@@ -458,6 +463,7 @@ pub fn build(cli: &Cli) -> Result<VmConfig, ConfigError> {
             .transpose()?,
         seccomp: parse_seccomp(&cli.seccomp)?,
         rng: crate::console::parse_rng(&cli.rng)?,
+        nets,
     })
 }
 

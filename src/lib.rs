@@ -16,6 +16,7 @@ pub mod console;
 pub mod disk;
 pub mod launch;
 pub mod logging;
+pub mod net;
 pub mod options;
 pub mod remote;
 

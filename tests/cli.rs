@@ -1457,3 +1457,100 @@ fn cloud_hypervisor_flags_viaduct_lacks_are_named() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// --net
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn net_bad_values_are_one_error_line_each() {
+    let s = Scratch::new();
+    let cases: &[(&[&str], &str, &str)] = &[
+        (
+            &["mac=52:54:00:12:34"],
+            "mac=52:54:00:12:34",
+            "is not a MAC address",
+        ),
+        (
+            &["tap=t0,mac=ff:ff:ff:ff:ff:ff"],
+            "mac=ff:ff:ff:ff:ff:ff",
+            "multicast",
+        ),
+        (
+            &["fd=250"],
+            "fd=250",
+            "fd=250 is not an open file descriptor",
+        ),
+        (
+            &["tap=t0,num_queues=3"],
+            "num_queues=3",
+            "even number from 2 to 254",
+        ),
+        (&["tap=t0,queue_size=100"], "queue_size=100", "power of two"),
+        (
+            &["fd=[250,251],num_queues=2"],
+            "fd=[250,251]",
+            "needs 1 tap fds",
+        ),
+        (
+            &["tap=t0,vhost_user=on"],
+            "vhost_user=on",
+            "does not support",
+        ),
+        (
+            &["tap=much-too-long-name"],
+            "much-too-long-name",
+            "not a valid interface name",
+        ),
+        (
+            &["tap=t0,ip=10.0.0.256"],
+            "ip=10.0.0.256",
+            "is not an IPv4 address",
+        ),
+        (
+            &["tap=t0,id=a", "tap=t1,id=a"],
+            "tap=t1,id=a",
+            "id \"a\" is already used by --net",
+        ),
+    ];
+    for (values, bad, want) in cases {
+        let mut args = vec!["--net"];
+        args.extend_from_slice(values);
+        let err = assert_rejected(&with_kernel(&s, &args), "--net", bad);
+        assert!(err.contains(want), "{bad}: wanted {want:?} in {err}");
+    }
+}
+
+#[test]
+fn net_fd_that_is_not_a_tap_is_refused() {
+    let s = Scratch::new();
+    // The child inherits stdin, a pipe here: open, but not a tap. Use a dup of it above 2.
+    let kernel = s.kernel();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 7</dev/null; exec \"$0\" --kernel {kernel} --net fd=7"
+        ))
+        .arg(env!("CARGO_BIN_EXE_viaduct"))
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = assert_rejected(&out, "--net", "fd=7");
+    assert!(err.contains("fd=7 is not a tap device"), "{err}");
+}
+
+#[test]
+fn help_describes_net() {
+    let output = viaduct(["--help"]);
+    let help = String::from_utf8_lossy(&output.stdout);
+    for needle in [
+        "--net <tap=NAME|fd=N",
+        "creating it when no such interface",
+        "IFF_VNET_HDR",
+        "num_queues",
+        "offload_tso",
+        "docs/network.md",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+}

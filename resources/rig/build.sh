@@ -25,6 +25,9 @@ L2_OPTIONAL_MODULES=(vfio vfio_iommu_type1 vfio_virqfd vfio-pci-core vfio-pci vi
 # virtio_pci and virtio_blk, for the VMM's virtio disks (/dev/vdX; modules in the cloud kernel);
 # virtio_console (hvc0) and virtio-rng, for the VMM's console and entropy devices.
 L3_MODULES=(pvpanic pvpanic-mmio virtio_pci virtio_blk virtio_console virtio-rng)
+# virtio_net (with failover, net_failover) for the VMM's NICs; tun in L2 for their taps.
+L3_MODULES+=(virtio_net)
+L2_OPTIONAL_MODULES+=(tun)
 
 # Fills directory $1 with busybox, its applet links and the usual mount points.
 make_busybox_root() {

@@ -47,6 +47,13 @@
 #               first viaduct_bench_mib=<N> MiB, viaduct_bench_seconds=<S> each
 #               (GUEST-BENCH=<test>,<MB/s>,<IOPS>)
 # Every boot prints GUEST-BLK=<name>,<512-byte sectors>,<ro 0|1>,<serial> per virtio disk.
+#   net-io      virtio-net NICs (see docs/network.md, "Rig test"): viaduct_net=<mac>,<ip>/<len>,
+#               <peer>[+<mac>,…] names each NIC by MAC, gives it the address, pings the peer
+#               (GUEST-NET-PING=<mac>,<replies>), fetches http://<peer>:8080/host.txt
+#               (GUEST-NET-FROM-HOST=<mac>,<body>), serves viaduct_net_token=<token> as
+#               http://<ip>/guest.txt, and waits up to 120 s for http://<peer>:8080/done.txt
+#               (GUEST-NET-HOST-DONE=<mac>,1|0). viaduct_net_send_mib=<N> then sends N MiB to
+#               <peer>:5001 with nc and reports GUEST-NET-SEND-SECONDS= (the benchmark).
 # Every boot prints GUEST-PCIDEV=<bdf>,<vendor>:<device>,<class> and GUEST-BAR=<bdf>,<index>,
 # <start>,<end>,<flags> for each PCI device, and with viaduct_dump_config=<bdf|vendor:device>
 # GUEST-CONFIG=<config space bytes 0x00-0xff, 512 hex digits>. A step that cannot be done prints
@@ -510,6 +517,66 @@ wait_blk() {
 # One line without spaces, for a KEY=value report.
 one_word() { tr -s ' \n\t' '___' | sed 's/_*$//' | tr -cd 'A-Za-z0-9._:/=-' | head -c 160; }
 
+# The net-io step: configure each NIC named by its MAC, then talk HTTP both ways with the peer.
+# (busybox wget's own -T timeout crashes this static build: `timeout` bounds it instead.)
+net_io() {
+	token=$(cmdline_value viaduct_net_token)
+	mkdir -p /tmp/www
+	echo "guest-${token}" >/tmp/www/guest.txt
+	httpd -p 80 -h /tmp/www || echo "GUEST-ERROR=net-io: httpd did not start"
+	for spec in $(cmdline_value viaduct_net | tr '+' ' '); do
+		mac=${spec%%,*}
+		rest=${spec#*,}
+		addr=${rest%%,*}
+		peer=${rest#*,}
+		dev=""
+		waited=0
+		while [ -z "$dev" ] && [ "$waited" -lt 30 ]; do
+			for d in /sys/class/net/*; do
+				[ "$(cat "$d/address" 2>/dev/null)" = "$mac" ] && dev=${d##*/}
+			done
+			[ -n "$dev" ] || { sleep 1; waited=$((waited + 1)); }
+		done
+		if [ -z "$dev" ]; then
+			echo "GUEST-ERROR=net-io: no NIC with MAC $mac after ${waited}s ($(ls /sys/class/net | tr '\n' ' '))"
+			continue
+		fi
+		queues=$(ls -d /sys/class/net/"$dev"/queues/rx-* 2>/dev/null | wc -l)
+		driver=$(basename "$(readlink /sys/class/net/"$dev"/device/driver)" 2>/dev/null)
+		echo "GUEST-NET-IF=$mac,$dev,$driver,rx_queues=$queues"
+		ip link set "$dev" up
+		ip addr add "$addr" dev "$dev"
+		replies=$(ping -c 3 -W 5 "$peer" 2>/dev/null | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+		echo "GUEST-NET-PING=$mac,${replies:-0}"
+		body=$(timeout 10 wget -q -O - "http://$peer:8080/host.txt" 2>/tmp/wget.err) ||
+			echo "GUEST-ERROR=net-io: wget from $peer failed: $(one_word </tmp/wget.err)"
+		echo "GUEST-NET-FROM-HOST=$mac,$(echo "$body" | one_word)"
+	done
+	for spec in $(cmdline_value viaduct_net | tr '+' ' '); do
+		mac=${spec%%,*}
+		peer=${spec##*,}
+		finished=0
+		waited=0
+		while [ "$waited" -lt 120 ]; do
+			timeout 5 wget -q -O /dev/null "http://$peer:8080/done.txt" 2>/dev/null && { finished=1; break; }
+			sleep 1
+			waited=$((waited + 1))
+		done
+		echo "GUEST-NET-HOST-DONE=$mac,$finished"
+	done
+	mib=$(cmdline_value viaduct_net_send_mib)
+	if [ -n "$mib" ]; then
+		peer=$(cmdline_value viaduct_net | tr '+' ' ' | cut -d' ' -f1)
+		peer=${peer##*,}
+		start=$(cut -d' ' -f1 /proc/uptime)
+		dd if=/dev/zero bs=1M count="$mib" 2>/dev/null | nc "$peer" 5001 ||
+			echo "GUEST-ERROR=net-io: nc to $peer:5001 failed"
+		end=$(cut -d' ' -f1 /proc/uptime)
+		echo "GUEST-NET-SEND-MIB=$mib"
+		echo "GUEST-NET-SEND-SECONDS=$(echo "$start $end" | awk '{printf "%.2f", $2 - $1}')"
+	fi
+}
+
 # The disk-io step: writes, a refused write, and timed reads on virtio block devices.
 disk_io() {
 	token=$(cmdline_value viaduct_write)
@@ -636,6 +703,7 @@ for step in $(echo "$action" | tr ',' ' '); do
 	rng) rng ;;
 	hvc0-write) hvc0_write ;;
 	hvc0-read) hvc0_read ;;
+	net-io) net_io ;;
 	pci-report) ;;
 	poweroff | reboot | panic | hold) final=$step ;;
 	*) echo "GUEST-ERROR=unknown viaduct_action step '$step', powering off" ;;

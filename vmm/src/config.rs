@@ -81,6 +81,8 @@ pub struct VmConfig {
     pub seccomp: crate::seccomp::SeccompMode,
     /// `--rng`: the virtio-rng device's entropy source.
     pub rng: RngConfig,
+    /// virtio-net NICs (`--net`), in command-line order, their taps already open.
+    pub nets: Vec<NetConfig>,
 }
 
 /// `--api-socket`: where the control API listens and how long a hot-remove waits.
@@ -235,3 +237,62 @@ pub const MAX_VCPUS: u8 = 254;
 
 /// Smallest guest RAM accepted: enough for the boot structures below 1 MiB plus a kernel.
 pub const MIN_MEMORY_BYTES: u64 = 16 << 20;
+
+/// One `--net` entry: a virtio-net NIC on a tap that the front end has already opened (or
+/// created), so a tap problem stops viaduct before the VM is built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// `id=`: names the NIC in messages.
+    pub id: Option<String>,
+    /// The guest's MAC address (`mac=`, or a random locally administered one).
+    pub mac: devices::virtio::net::MacAddr,
+    /// Entries of each RX/TX queue (`queue_size=`, a power of two).
+    pub queue_size: u16,
+    /// The PCI segment the NIC sits on.
+    pub pci_segment: u16,
+    /// Offloads offered to the guest (`offload_csum=`, `offload_tso=`).
+    pub offloads: devices::virtio::net::Offloads,
+    /// The tap's fds, one per queue pair (`num_queues / 2`).
+    pub taps: OpenTaps,
+}
+
+impl NetConfig {
+    /// The NIC's name in messages: its id, else its tap's name.
+    pub fn name(&self) -> String {
+        self.id
+            .clone()
+            .unwrap_or_else(|| self.taps.name().to_string())
+    }
+}
+
+/// Open tap fds, shared by the copies of a config (the fds close when the last copy goes).
+#[derive(Clone)]
+pub struct OpenTaps(pub Vec<std::sync::Arc<devices::virtio::net::Tap>>);
+
+impl OpenTaps {
+    /// The tap's interface name.
+    pub fn name(&self) -> &str {
+        self.0.first().map_or("", |t| t.name())
+    }
+}
+
+impl PartialEq for OpenTaps {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(&other.0)
+                .all(|(a, b)| std::sync::Arc::ptr_eq(a, b))
+    }
+}
+
+impl Eq for OpenTaps {}
+
+impl std::fmt::Debug for OpenTaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::os::fd::AsRawFd;
+        let fds: Vec<i32> = self.0.iter().map(|t| t.as_raw_fd()).collect();
+        write!(f, "tap {} fds {fds:?}", self.name())
+    }
+}

@@ -17,6 +17,7 @@ pub mod disks;
 mod interrupts;
 mod legacy;
 pub mod memory;
+mod nets;
 mod passthrough;
 pub mod seccomp;
 mod signals;
@@ -395,6 +396,12 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
             .map(|_| (console_rng::SEGMENT, console_rng::bar_spec())),
     );
     demand.push((console_rng::SEGMENT, console_rng::bar_spec()));
+    demand.extend(
+        config
+            .nets
+            .iter()
+            .map(|n| (n.pci_segment, disks::bar_spec())),
+    );
     let ram_end = arch::memory::ram_end(config.memory_bytes);
     let iova_ranges = passthrough.iova_ranges();
     let plan = topology::plan_segments(
@@ -445,6 +452,9 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     }
     for disk in &config.disks {
         disks::attach(&pci_devices.manager, disk, &dma_mem, &router)?;
+    }
+    for net in &config.nets {
+        nets::attach(&pci_devices.manager, net, &dma_mem, &router)?;
     }
     console_rng::attach(
         &pci_devices.manager,

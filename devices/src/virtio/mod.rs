@@ -17,6 +17,7 @@
 pub mod block;
 pub mod console;
 mod event_worker;
+pub mod net;
 pub mod pci;
 pub mod rng;
 
