@@ -6,6 +6,8 @@
 //! GET_ID; anything else completes with `VIRTIO_BLK_S_UNSUPP`. The image is locked with `flock`
 //! (shared when read-only, exclusive otherwise) so two VMs cannot write it at once.
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod request;
 mod worker;
 
