@@ -2,9 +2,11 @@
 # Builds viaduct's fuzz targets (tests/fuzz, cargo-fuzz + libFuzzer) and runs each for a while,
 # then prints executions, coverage and corpus size per target.
 #
-#   bash resources/fuzz.sh [-t SECONDS] [-s SANITIZER] [TARGET...]
+#   bash resources/fuzz.sh [-t SECONDS] [-n RUNS] [-s SANITIZER] [TARGET...]
 #
-#   -t SECONDS    how long each target runs (default 60)
+#   -t SECONDS    how long each target runs at most (default 60)
+#   -n RUNS       stop a target earlier, after RUNS executions (the long runs in docs/fuzzing.md:
+#                 -t 1800 -n 10000000)
 #   -s SANITIZER  none (default), address, leak, memory or thread. The targets drive safe Rust,
 #                 whose bugs are panics (overflow checks and debug assertions are on) that
 #                 libFuzzer catches by itself; AddressSanitizer halves the speed and matters
@@ -24,12 +26,18 @@ FUZZ_DIR=tests/fuzz
 
 SECONDS_EACH=60
 SANITIZER=none
-while getopts "t:s:h" opt; do
+RUNS=
+while getopts "t:n:s:h" opt; do
 	case $opt in
 	t) SECONDS_EACH=$OPTARG ;;
+	n) RUNS=$OPTARG ;;
 	s) SANITIZER=$OPTARG ;;
+	h)
+		sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+		exit 0
+		;;
 	*)
-		sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+		echo "usage: bash resources/fuzz.sh [-t SECONDS] [-n RUNS] [-s SANITIZER] [TARGET...] (-h for help)" >&2
 		exit 2
 		;;
 	esac
@@ -37,6 +45,10 @@ done
 shift $((OPTIND - 1))
 [[ $SECONDS_EACH =~ ^[1-9][0-9]*$ ]] || {
 	echo "fuzz.sh: -t wants a whole number of seconds, not '$SECONDS_EACH'" >&2
+	exit 2
+}
+[[ -z $RUNS || $RUNS =~ ^[1-9][0-9]*$ ]] || {
+	echo "fuzz.sh: -n wants a whole number of executions, not '$RUNS'" >&2
 	exit 2
 }
 
@@ -75,13 +87,14 @@ for t in "${TARGETS[@]}"; do
 	mkdir -p "$corpus" "$FUZZ_DIR/artifacts/$t"
 	dirs=("$corpus")
 	[[ -d $FUZZ_DIR/seeds/$t ]] && dirs+=("$FUZZ_DIR/seeds/$t")
-	dict=()
-	[[ -f $FUZZ_DIR/dict/$t.dict ]] && dict=("-dict=$FUZZ_DIR/dict/$t.dict")
+	extra=()
+	[[ -f $FUZZ_DIR/dict/$t.dict ]] && extra+=("-dict=$FUZZ_DIR/dict/$t.dict")
+	[[ -n $RUNS ]] && extra+=("-runs=$RUNS")
 	log=$LOG_DIR/$t.log
 	echo "=== $t: ${SECONDS_EACH}s (log: $log)"
 	start=$SECONDS
 	nice -n 19 cargo +nightly fuzz run --fuzz-dir "$FUZZ_DIR" -s "$SANITIZER" -a "$t" "${dirs[@]}" -- \
-		-max_total_time="$SECONDS_EACH" -print_final_stats=1 "${dict[@]}" >"$log" 2>&1
+		-max_total_time="$SECONDS_EACH" -print_final_stats=1 "${extra[@]}" >"$log" 2>&1
 	status=$?
 	took=$((SECONDS - start))
 	# libFuzzer's last status line: "#RUNS DONE cov: EDGES ft: FEATURES corp: N/SIZE ...".

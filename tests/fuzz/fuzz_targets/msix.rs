@@ -60,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
                 let _ = msix.write_table(offset, &bytes);
                 if matches!(bytes.len(), 4 | 8)
                     && bytes.len() == len
-                    && offset % len as u64 == 0
+                    && offset.is_multiple_of(len as u64)
                     && offset + len as u64 <= vectors * MSIX_ENTRY_SIZE
                 {
                     for (i, chunk) in bytes.chunks(4).enumerate() {
@@ -80,7 +80,7 @@ fuzz_target!(|data: &[u8]| {
                 };
                 let mut bytes = vec![0u8; len];
                 msix.read_table(offset, &mut bytes);
-                if len == 4 && offset % 4 == 0 && offset < vectors * MSIX_ENTRY_SIZE {
+                if len == 4 && offset.is_multiple_of(4) && offset < vectors * MSIX_ENTRY_SIZE {
                     let got = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
                     assert_eq!(
                         got,

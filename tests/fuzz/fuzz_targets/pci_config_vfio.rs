@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
     let mut ops = 0;
     while !input.is_empty() && ops < 4096 {
         ops += 1;
-        if input.u8() % 4 != 0 {
+        if !input.u8().is_multiple_of(4) {
             config_access(&mut segment, &mut ports, &[bdf.device()], &mut input);
             continue;
         }
