@@ -5,8 +5,10 @@
 # kernel (resources/rig/fetch.sh) and builds the rig's images and the Debian cloud image
 # (resources/cloud-image/build.sh, about two minutes the first time; all cached under
 # ${XDG_CACHE_HOME:-$HOME/.cache}/viaduct-rig), then runs, in order:
-#   cargo fmt --all -- --check
+#   cargo fmt --all -- --check      (and the fuzz crate, tests/fuzz)
 #   cargo clippy --workspace --all-targets -- -D warnings
+#   the fuzz targets (tests/fuzz): built on the stable toolchain, linted (no fuzzing: that is
+#                                   bash resources/fuzz.sh, see docs/fuzzing.md)
 #   cargo test --workspace          (unit tests, CLI tests and the nested-rig tests)
 # Every step runs even when an earlier one fails; the exit status is non-zero if any failed.
 # The rig tests need no /dev/kvm on this machine: they run under QEMU's emulation (docs/rig.md).
@@ -66,6 +68,31 @@ ensure_rust() {
 	fi
 }
 
+# The fuzz targets (tests/fuzz, their own cargo workspace) must keep building so they cannot rot.
+# A plain cargo build on stable links them against libFuzzer (libfuzzer-sys compiles it with the
+# C++ compiler) without the coverage instrumentation only `cargo +nightly fuzz` adds; clippy then
+# lints the targets, and the fuzzing-only hooks of the crates they drive (feature `fuzzing`).
+FUZZ_MANIFEST=tests/fuzz/Cargo.toml
+fuzz_targets() {
+	if ! command -v c++ >/dev/null; then
+		echo "no C++ compiler (libFuzzer is C++): installing g++ from Debian's packages"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null 2>&1 || {
+			DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+				DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++
+		} || {
+			echo "cannot install g++, which the fuzz targets need: apt-get install g++" >&2
+			return 1
+		}
+	fi
+	cargo build --manifest-path "$FUZZ_MANIFEST" --bins &&
+		cargo clippy --manifest-path "$FUZZ_MANIFEST" --all-targets -- -D warnings &&
+		cargo clippy -p devices -p vfio-dev --features devices/fuzzing,vfio-dev/fuzzing -- -D warnings
+}
+
+fmt_check() {
+	cargo fmt --all -- --check && cargo fmt --manifest-path "$FUZZ_MANIFEST" -- --check
+}
+
 # Without the toolchain or the rig nothing below can mean anything: stop there.
 step "machine" ensure_machine || exit 1
 step "rust toolchain" ensure_rust || exit 1
@@ -73,8 +100,9 @@ step "rig setup" bash resources/rig/fetch.sh || exit 1
 step "rig images" bash resources/rig/build.sh || exit 1
 step "cloud image" bash resources/cloud-image/build.sh || exit 1
 
-step "fmt" cargo fmt --all -- --check
+step "fmt" fmt_check
 step "clippy" cargo clippy --workspace --all-targets -- -D warnings
+step "fuzz targets" fuzz_targets
 step "test" cargo test --workspace
 
 if [[ ${#FAILED[@]} -gt 0 ]]; then

@@ -36,4 +36,14 @@ mod tests {
         let e = Outer(std::io::Error::other("inner"));
         assert_eq!(error_chain(&e), "outer: inner");
     }
+
+    /// Found by the cli fuzz target: the option parser's message quoted the raw value, so a
+    /// value holding a newline made `viaduct: error:` two lines.
+    #[test]
+    fn chain_stays_one_line_when_a_value_holds_a_newline() {
+        let e = config::parse_device_keys("path=/x,a\ntty").unwrap_err();
+        let line = error_chain(&e);
+        assert!(!line.contains('\n'), "{line:?}");
+        assert!(line.contains("a\\ntty"), "{line:?}");
+    }
 }

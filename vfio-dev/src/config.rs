@@ -8,6 +8,9 @@
 //!   [`Interrupts`]; the device's own enable bits are driven by VFIO `SET_IRQS`;
 //! - Interrupt Line (scratch, starts as the INTx GSI) and Interrupt Pin (the device's pin when
 //!   INTx is wired, else 0): emulated;
+//! - the read-only identity of the header (vendor and device id, revision and class, header
+//!   type, subsystem ids, capabilities pointer): read from the device, guest writes dropped
+//!   here rather than left to the kernel's virtualization;
 //! - everything else: read from and written to the VFIO config region.
 //!
 //! Read patches (`(device & !mask) | value`) then apply: the header's multi-function bit is
@@ -254,9 +257,10 @@ impl VirtualConfig {
         Role::Device
     }
 
-    /// The role of a byte for writes; `None` (dropped) for read-only emulated bytes.
+    /// The role of a byte for writes; `None` (dropped) for read-only emulated bytes and the
+    /// header's identity.
     fn write_role(&self, at: usize) -> Option<Role> {
-        if self.patches.get(&at).is_some_and(|p| p.mask == 0xff) {
+        if self.patches.get(&at).is_some_and(|p| p.mask == 0xff) || is_read_only_header(at) {
             return None;
         }
         match self.role(at) {
@@ -274,6 +278,12 @@ impl VirtualConfig {
             self.patch(at + i, Patch { mask: 0xff, value });
         }
     }
+}
+
+/// Header bytes no guest write may change: vendor and device id (0x00..0x04), revision and class
+/// (0x08..0x0c), header type (0x0e), subsystem ids (0x2c..0x30) and the capabilities pointer.
+fn is_read_only_header(at: usize) -> bool {
+    matches!(at, 0x00..=0x03 | 0x08..=0x0b | 0x0e | 0x2c..=0x2f) || at == CAPABILITIES_POINTER
 }
 
 /// BAR0..5 (dwords 4..=9) and the ROM BAR (dword 12).

@@ -131,6 +131,30 @@ fn identity_and_command_pass_through_to_the_device() {
     assert_eq!(fake.config_u32(0x04) & 0xffff, 0x0006);
 }
 
+/// Found by the pci_config_vfio fuzz target: a byte write to the vendor id reached the device,
+/// so the guest-visible identity depended on the kernel dropping it.
+#[test]
+fn writes_to_the_read_only_header_never_reach_the_device() {
+    let (fake, _, mut dev) = open(gpu_like(), None);
+    let before: Vec<u32> = [0, 2, 3, 11, 13].map(|r| dev.read_config(r)).to_vec();
+    fake.take_calls();
+    dev.write_config(0, 0, &[0x25]);
+    dev.write_config(0, 0, &[0xff, 0xff, 0xff, 0xff]);
+    dev.write_config(2, 0, &[0xff, 0xff, 0xff, 0xff]);
+    dev.write_config(3, 2, &[0x00]);
+    dev.write_config(11, 0, &[0xff, 0xff, 0xff, 0xff]);
+    dev.write_config(13, 0, &[0x00]);
+    assert!(config_writes(&fake.take_calls()).is_empty());
+    let after: Vec<u32> = [0, 2, 3, 11, 13].map(|r| dev.read_config(r)).to_vec();
+    assert_eq!(before, after);
+    // Cache line size and latency timer, in the same dword as the header type, still pass.
+    dev.write_config(3, 0, &[0x10, 0x40]);
+    assert_eq!(
+        config_writes(&fake.take_calls()),
+        [(0x0c, vec![0x10, 0x40])]
+    );
+}
+
 #[test]
 fn malformed_config_writes_are_dropped() {
     let (fake, _, mut dev) = open(nvme_like(), None);

@@ -1,6 +1,13 @@
 //! Test doubles: a host VFIO device built from a config image and BAR descriptions, and an
 //! interrupt router that records routes and irqfds, plus two realistic fixtures (an NVMe-like
 //! controller with MSI-X, an NVIDIA-GPU-like display controller with MSI and a ROM).
+//!
+//! Built for the unit tests and, with the `fuzzing` feature, for the fuzz targets in tests/fuzz,
+//! which reach it only through [`fuzz_device`].
+
+// Outside the unit tests only the fuzz targets use this module: most of it is unused there, and
+// a failed `unwrap` in a fake is a crash the fuzzer reports, not a dead VMM.
+#![cfg_attr(not(test), allow(dead_code, clippy::unwrap_used))]
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsRawFd, RawFd};
@@ -456,4 +463,51 @@ pub(crate) fn open(
         dev.add_gpudirect_clique(clique).unwrap();
     }
     (fake, router, dev)
+}
+
+/// The host device a fuzz target puts behind [`fuzz_device`].
+#[cfg(feature = "fuzzing")]
+pub enum FuzzFixture<'a> {
+    /// The NVMe-like controller (64-bit BAR0 with the MSI-X table and PBA, INTx).
+    Nvme,
+    /// The GPU-like display controller (MSI, a ROM, an I/O BAR).
+    Gpu,
+    /// A config space of `size` bytes (rounded up to 0x40) overwritten with `image`, behind a
+    /// 64-bit 16 KiB BAR0, a 32-bit 4 KiB BAR2 and an I/O BAR4, with INTx, 4 MSI and 64 MSI-X
+    /// vectors: whatever capabilities the image declares are parsed as from a real device.
+    Raw {
+        /// Bytes of config space the host device has.
+        size: usize,
+        /// What it reads from offset 0.
+        image: &'a [u8],
+    },
+}
+
+/// Opens a passthrough device on the fake host device `fixture`, for the fuzz targets in
+/// tests/fuzz: INTx on GSI 5, interrupts routed to a recording router.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_device(
+    fixture: FuzzFixture<'_>,
+) -> Result<crate::device::VfioPciDevice, crate::device::DeviceError> {
+    let builder = match fixture {
+        FuzzFixture::Nvme => nvme_like(),
+        FuzzFixture::Gpu => gpu_like(),
+        FuzzFixture::Raw { size, image } => {
+            let size = size.max(0x40);
+            let io = region_flags::READ | region_flags::WRITE;
+            let image = &image[..image.len().min(size)];
+            FakeBuilder::new(0x1b36, 0x0010, [0x01, 0x08, 0x02], size)
+                .bar(0, 0x4000, (false, true, false), MMAP_RW)
+                .bar(2, 0x1000, (false, false, false), MMAP_RW)
+                .bar(4, 0x100, (true, false, false), io)
+                .bytes(0, image)
+                .irqs(1, 4, 64)
+        }
+    };
+    crate::device::VfioPciDevice::new(
+        "vfio fuzz".into(),
+        std::sync::Arc::new(builder.build()),
+        std::sync::Arc::new(FakeRouter::default()),
+        Some(Gsi(5)),
+    )
 }

@@ -19,8 +19,9 @@ pub mod container;
 pub mod device;
 pub mod dma;
 pub mod error;
-#[cfg(test)]
-mod fake;
+// The fuzz targets (tests/fuzz, feature `fuzzing`) drive passthrough on the same fake.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fake;
 pub mod host;
 mod interrupts;
 pub mod iommu_info;

@@ -185,14 +185,24 @@ fn kvm_open_hint(errno: i32) -> String {
     }
 }
 
-/// Formats an error and its whole `source()` chain as one line, joined with `": "`.
+/// Formats an error and its whole `source()` chain as one line, joined with `": "`. Control
+/// characters a message carries (a newline in a value the user gave) are escaped, so the line
+/// stays one line.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        message.push_str(": ");
-        message.push_str(&e.to_string());
-        source = e.source();
+    let mut message = String::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        for c in e.to_string().chars() {
+            if c.is_control() {
+                message.extend(c.escape_default());
+            } else {
+                message.push(c);
+            }
+        }
+        next = e.source();
     }
     message
 }

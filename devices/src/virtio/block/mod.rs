@@ -10,6 +10,8 @@
 
 pub mod format;
 mod image;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod request;
 mod worker;
 
