@@ -62,7 +62,7 @@ const NET: OptionSpec = OptionSpec::new(&[
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     /// `mac=` is not a usable MAC.
-    #[error("mac: {0}")]
+    #[error("mac")]
     Mac(#[from] MacError),
     /// `ip=`/`mask=` not an IPv4 address.
     #[error("{key}: {value:?} is not an IPv4 address (e.g. {key}={example})")]

@@ -189,6 +189,54 @@ const CLI_CASES: &[(&str, &[&str])] = &[
     ),
     ("serial unknown mode", &[K, "--serial", "loud"]),
     ("console unknown mode", &[K, "--console", "loud"]),
+    (
+        "serial and console both tty",
+        &[K, "--serial", "tty", "--console", "tty"],
+    ),
+    (
+        "console file is a directory",
+        &[K, "--console", "file={dir}"],
+    ),
+    ("console pty", &[K, "--console", "pty"]),
+    // --rng
+    ("rng source missing", &[K, "--rng", "src={missing}"]),
+    ("rng source is a directory", &[K, "--rng", "src={dir}"]),
+    ("rng unknown key", &[K, "--rng", "src=/dev/urandom,speed=9"]),
+    // --disk formats
+    (
+        "disk image type vhd",
+        &[K, "--disk", "path={file},image_type=vhd"],
+    ),
+    (
+        "disk backing files on a raw image",
+        &[K, "--disk", "path={file},backing_files=on"],
+    ),
+    (
+        "disk zero queues",
+        &[K, "--disk", "path={file},num_queues=0"],
+    ),
+    (
+        "disk queue size not a power of two",
+        &[K, "--disk", "path={file},queue_size=100"],
+    ),
+    // --net
+    (
+        "net invalid mac",
+        &[K, "--net", "tap=vtest0,mac=52:54:00:zz:00:01"],
+    ),
+    (
+        "net multicast mac",
+        &[K, "--net", "tap=vtest0,mac=01:00:5e:00:00:01"],
+    ),
+    ("net fd not a number", &[K, "--net", "fd=seven"]),
+    ("net fd that is not open", &[K, "--net", "fd=987"]),
+    ("net fd that is a file", &[K, "--net", "fd=0"]),
+    ("net unknown key", &[K, "--net", "tap=vtest0,colour=red"]),
+    (
+        "net bad ip",
+        &[K, "--net", "tap=vtest0,ip=300.1.1.1,mask=255.255.0.0"],
+    ),
+    ("net zero queues", &[K, "--net", "tap=vtest0,num_queues=0"]),
     // --api-socket
     ("api socket empty", &[K, "--api-socket", ""]),
     ("api socket negative fd", &[K, "--api-socket", "fd=-1"]),

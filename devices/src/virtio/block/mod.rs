@@ -9,9 +9,9 @@
 //! when read-only, exclusive otherwise) so two VMs cannot write it at once.
 
 pub mod format;
-mod image;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod image;
 mod request;
 mod worker;
 
