@@ -28,7 +28,7 @@ const CLOUD_GUEST_MIB: u64 = 1024;
 /// How long viaduct may run the cloud guest. Under QEMU in the rig host the image boots,
 /// runs cloud-init and powers off in about 150 s (docs/cloud-images.md); the usual 240 s bound
 /// would leave too little room. It stays inside the rig's own timeout.
-const CLOUD_VIADUCT_TIMEOUT_SECS: u64 = 360;
+const CLOUD_VIADUCT_TIMEOUT_SECS: u64 = 540;
 const _: () = assert!(CLOUD_VIADUCT_TIMEOUT_SECS + 40 < RIG_TIMEOUT_SECS);
 
 /// Size of the blank and read-only disks of the block I/O test.

@@ -57,7 +57,7 @@ fn rig_host_http(host_token: &str, guest_ip: &str) -> String {
 /// Memory of the cloud guest (as in tests/rig_disk.rs).
 const CLOUD_GUEST_MIB: u64 = 1024;
 /// How long viaduct may run the cloud guest (as in tests/rig_disk.rs).
-const CLOUD_VIADUCT_TIMEOUT_SECS: u64 = 360;
+const CLOUD_VIADUCT_TIMEOUT_SECS: u64 = 540;
 const _: () = assert!(CLOUD_VIADUCT_TIMEOUT_SECS + 40 < RIG_TIMEOUT_SECS);
 /// Virtual size of the overlay's backing image.
 const BASE_BYTES: usize = 16 << 20;

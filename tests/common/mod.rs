@@ -19,7 +19,7 @@ use std::time::Instant;
 
 /// How long the whole rig run (QEMU boot of L2, the scenario, power-off) may take.
 /// `VIADUCT_RIG_TIMEOUT` overrides it.
-pub const RIG_TIMEOUT_SECS: u64 = 420;
+pub const RIG_TIMEOUT_SECS: u64 = 600;
 
 /// How long viaduct may run inside a scenario before `timeout` stops it, well inside
 /// [`RIG_TIMEOUT_SECS`] so that a hung guest fails one test instead of the rig.
