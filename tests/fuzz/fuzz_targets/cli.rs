@@ -9,7 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use viaduct::cli::Cli;
-use viaduct::{cli_errors, config, disk, error_chain, options};
+use viaduct::{cli_errors, config, console, disk, error_chain, options};
 
 fn one_line(what: &str, message: &str) {
     assert!(
@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
     match mode % 16 {
         0 => check("--cpus", config::parse_cpus(value)),
         1 => check("--memory", config::parse_memory(value)),
-        2 => check("--console", config::parse_console(value)),
+        2 => check("--console", console::parse_console(value)),
         3 => check("--api-socket", config::parse_api_socket(value)),
         4 => check("--platform", config::parse_platform(value)),
         5 => check("--pci-segment", config::parse_pci_segment(value)),
