@@ -4,6 +4,14 @@
 //! guest console lines appear as soon as they are written). This module maps bus accesses onto
 //! it, raises the interrupt through an [`EventFdTrigger`], and offers the host side a way to
 //! feed input without losing bytes when the guest's receive FIFO is full.
+//!
+//! COM1's IRQ 4 is edge-triggered, and vm-superio raises an edge only when a condition becomes
+//! pending, as a real 16550's interrupt line rises. One edge lost on its way to the guest (a
+//! masked IOAPIC pin, an injection an emulated platform drops) then leaves the condition
+//! pending with no interrupt ever to come, and Linux's 8250 driver, which transmits only from
+//! its interrupt handler, stops printing for good: the guest runs on with a dead console.
+//! [`SerialDevice::reassert_unserviced_interrupt`], called periodically by the VMM, raises the
+//! interrupt again when an enabled condition has stayed pending with no IIR read in between.
 
 use std::io::{self, Write};
 
@@ -18,6 +26,14 @@ use crate::trigger::EventFdTrigger;
 
 /// Number of I/O ports a 16550 decodes (`base..base + 8`).
 pub const SERIAL_PORT_COUNT: u8 = 8;
+
+/// Offset of the Interrupt Identification Register (read side of offset 2).
+const IIR_OFFSET: u8 = 2;
+/// IER and IIR bits of the two conditions vm-superio raises: (IER enable bit, IIR pending bit).
+const RAISED_CONDITIONS: [(u8, u8); 2] = [
+    (0x01, 0x04), // received data available
+    (0x02, 0x02), // transmitter holding register empty
+];
 
 /// Why host input could not be handed to the guest.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +78,11 @@ pub struct SerialDevice {
     /// Whether an output failure has been logged (a guest printing to a broken writer would
     /// otherwise log once per byte).
     output_error_logged: bool,
+    /// IIR reads so far: each one acknowledges whatever was pending.
+    iir_reads: u64,
+    /// What the previous [`SerialDevice::reassert_unserviced_interrupt`] saw: `iir_reads`, and
+    /// whether an enabled condition was pending.
+    last_check: (u64, bool),
 }
 
 impl SerialDevice {
@@ -86,6 +107,35 @@ impl SerialDevice {
         Self {
             uart: Serial::with_events(EventFdTrigger::new(interrupt), InputDrained(drained), out),
             output_error_logged: false,
+            iir_reads: 0,
+            last_check: (0, false),
+        }
+    }
+
+    /// Whether an interrupt condition the guest enabled is pending (not yet acknowledged by an
+    /// IIR read).
+    fn enabled_condition_pending(&self) -> bool {
+        let state = self.uart.state();
+        RAISED_CONDITIONS.iter().any(|&(enable, pending)| {
+            state.interrupt_enable & enable != 0 && state.interrupt_identification & pending != 0
+        })
+    }
+
+    /// Raises the interrupt again if an enabled condition was pending at the previous call, is
+    /// still pending, and the guest has not read IIR since: its edge was lost. Returns whether
+    /// it raised. A guest that merely has not got round to it yet gets one spurious interrupt,
+    /// which its handler answers by reading IIR, as for any other.
+    pub fn reassert_unserviced_interrupt(&mut self) -> Result<bool, io::Error> {
+        let pending = self.enabled_condition_pending();
+        let (reads_then, pending_then) = self.last_check;
+        self.last_check = (self.iir_reads, pending);
+        if !(pending && pending_then && reads_then == self.iir_reads) {
+            return Ok(false);
+        }
+        // A saturated counter (WouldBlock) is still a pending edge for KVM.
+        match self.uart.interrupt_evt().event().write(1) {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(true),
         }
     }
 
@@ -121,7 +171,13 @@ impl SerialDevice {
 
 impl BusDevice for SerialDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        byte_read(offset, data, SERIAL_PORT_COUNT, |o| self.uart.read(o));
+        let (uart, iir_reads) = (&mut self.uart, &mut self.iir_reads);
+        byte_read(offset, data, SERIAL_PORT_COUNT, |o| {
+            if o == IIR_OFFSET {
+                *iir_reads += 1;
+            }
+            uart.read(o)
+        });
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
@@ -157,6 +213,7 @@ mod tests {
 
     const RBR_THR: u64 = 0;
     const IER: u64 = 1;
+    const IIR: u64 = 2;
     const LSR: u64 = 5;
     const IER_RDA: u8 = 0x01;
     const IER_THRE: u8 = 0x02;
@@ -296,6 +353,54 @@ mod tests {
         assert!(f.irq.read().is_err());
         // The queued byte was not consumed by the wide read.
         assert_eq!(read_byte(&mut f.dev, RBR_THR), b'q');
+    }
+
+    #[test]
+    fn an_interrupt_left_pending_without_an_iir_read_is_raised_again() {
+        let mut f = fixture();
+        assert!(
+            !f.dev.reassert_unserviced_interrupt().unwrap(),
+            "nothing pending"
+        );
+        // THR empty and enabled: vm-superio raises one edge, which the guest never sees.
+        f.dev.write(IER, &[IER_THRE]);
+        assert_eq!(f.irq.read().unwrap(), 1);
+        f.dev.write(RBR_THR, b"a");
+        assert!(f.irq.read().is_err(), "vm-superio raises no second edge");
+        // First look: pending, but it may just be on its way.
+        assert!(!f.dev.reassert_unserviced_interrupt().unwrap());
+        assert!(f.irq.read().is_err());
+        // Still pending and no IIR read since: raised again.
+        assert!(f.dev.reassert_unserviced_interrupt().unwrap());
+        assert_eq!(f.irq.read().unwrap(), 1);
+        // The guest's handler reads IIR: acknowledged, nothing more to raise.
+        read_byte(&mut f.dev, IIR);
+        assert!(!f.dev.reassert_unserviced_interrupt().unwrap());
+        assert!(!f.dev.reassert_unserviced_interrupt().unwrap());
+        assert!(f.irq.read().is_err());
+    }
+
+    #[test]
+    fn a_serviced_or_disabled_interrupt_is_not_raised_again() {
+        let mut f = fixture();
+        f.dev.write(IER, &[IER_THRE]);
+        assert!(!f.dev.reassert_unserviced_interrupt().unwrap());
+        // The guest acknowledges and transmits again between two looks: each new condition
+        // came with its own edge, so nothing was lost.
+        read_byte(&mut f.dev, IIR);
+        f.dev.write(RBR_THR, b"b");
+        assert!(!f.dev.reassert_unserviced_interrupt().unwrap());
+        // Pending but no longer enabled (the driver stopped transmitting): not an interrupt.
+        f.dev.write(IER, &[0]);
+        assert!(!f.dev.reassert_unserviced_interrupt().unwrap());
+        assert!(!f.dev.reassert_unserviced_interrupt().unwrap());
+        // Received data, enabled, never acknowledged: raised on the second look.
+        let _ = f.irq.read();
+        f.dev.write(IER, &[IER_RDA]);
+        f.dev.enqueue_input(b"x").unwrap();
+        assert_eq!(f.irq.read().unwrap(), 1);
+        assert!(!f.dev.reassert_unserviced_interrupt().unwrap());
+        assert!(f.dev.reassert_unserviced_interrupt().unwrap());
     }
 
     #[test]

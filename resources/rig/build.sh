@@ -78,7 +78,7 @@ build_l3_initramfs() {
 
 build_l2_base() {
 	local key work root
-	key=$(rig_key "$RIG_DIR/host-init.sh" "$RIG_DIR/vfio-bind.sh" "$RIG_DIR/build.sh" "$RIG_DIR/lib.sh" \
+	key=$(rig_key "$RIG_DIR/host-init.sh" "$RIG_DIR/vfio-bind.sh" "$RIG_DIR/bounded.sh" "$RIG_DIR/build.sh" "$RIG_DIR/lib.sh" \
 		"$KERNEL_DIR/VERSION" "$(sha256sum <"$BUSYBOX")" "$(cat "$L3_INITRAMFS.key")")
 	rig_fresh "$L2_BASE" "$key" && return 0
 	rig_log "building the L2 rig-host initramfs (static part)"
@@ -88,6 +88,7 @@ build_l2_base() {
 	mkdir -p "$root"/{etc/rig,guest,rig,usr/bin,dev/pts,dev/shm}
 	install -m 755 "$RIG_DIR/host-init.sh" "$root/init"
 	install -m 755 "$RIG_DIR/vfio-bind.sh" "$root/usr/bin/rig-vfio-bind"
+	install -m 755 "$RIG_DIR/bounded.sh" "$root/usr/bin/rig-bounded"
 	add_modules "$root" "$root/etc/rig/modules.required" "${L2_REQUIRED_MODULES[@]}"
 	add_modules "$root" "$root/etc/rig/modules.optional" "${L2_OPTIONAL_MODULES[@]}"
 	# Optional modules that the required ones already pulled in need not load twice.

@@ -21,11 +21,12 @@ use std::time::Instant;
 /// `VIADUCT_RIG_TIMEOUT` overrides it.
 pub const RIG_TIMEOUT_SECS: u64 = 600;
 
-/// How long viaduct may run inside a scenario before `timeout` stops it, well inside
+/// How long viaduct may run inside a scenario before `rig-bounded` (resources/rig/bounded.sh)
+/// prints what its threads are doing and kills it, well inside
 /// [`RIG_TIMEOUT_SECS`] so that a hung guest fails one test instead of the rig.
 pub const VIADUCT_TIMEOUT_SECS: u64 = 240;
 
-/// The exit status left when `timeout` had to kill viaduct (128 + SIGKILL; SIGKILL because
+/// The exit status left when `rig-bounded` had to kill viaduct (128 + SIGKILL; SIGKILL because
 /// viaduct handles SIGTERM and would exit with its own status).
 pub const VIADUCT_TIMED_OUT: i32 = 137;
 
@@ -163,7 +164,7 @@ pub fn marker_token() -> String {
 pub fn viaduct_command(args: &str) -> String {
     format!(
         "echo \"RIG-VIADUCT-START uptime=$(cut -d' ' -f1 /proc/uptime)\"\n\
-         {{ {{ timeout -s KILL {VIADUCT_TIMEOUT_SECS} viaduct -v {args} 2>&1 1>&3 3>&-; \
+         {{ {{ rig-bounded {VIADUCT_TIMEOUT_SECS} viaduct -v {args} 2>&1 1>&3 3>&-; \
          echo $? >/tmp/viaduct.status; }} | sed 's/^/{VIADUCT_STDERR_PREFIX}/'; }} 3>&1\n\
          echo \"VIADUCT-EXIT=$(cat /tmp/viaduct.status) uptime=$(cut -d' ' -f1 /proc/uptime)\"\n"
     )
@@ -871,8 +872,8 @@ impl RigHost {
 /// cloud-init under nested emulation). Keep it well inside the rig's timeout.
 pub fn viaduct_command_with_timeout(args: &str, timeout_secs: u64) -> String {
     viaduct_command(args).replace(
-        &format!("timeout -s KILL {VIADUCT_TIMEOUT_SECS} "),
-        &format!("timeout -s KILL {timeout_secs} "),
+        &format!("rig-bounded {VIADUCT_TIMEOUT_SECS} "),
+        &format!("rig-bounded {timeout_secs} "),
     )
 }
 

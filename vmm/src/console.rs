@@ -1,12 +1,13 @@
 //! Host stdin → guest COM1 input, the terminal's raw mode while the guest owns it, the
-//! virtio console's size following the terminal's, and the event-loop subscriber that notices
-//! the VM has stopped.
+//! virtio console's size following the terminal's, the event-loop subscriber that notices
+//! the VM has stopped, and the watch that re-raises a COM1 interrupt whose edge was lost.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, warn};
@@ -154,6 +155,66 @@ impl MutEventSubscriber for StdinForwarder {
             return;
         }
         self.update_stdin_watch(ops);
+    }
+}
+
+/// Looks at COM1 every [`LostInterruptWatch::PERIOD`] from the event loop and raises its
+/// interrupt again when the guest left an enabled condition unacknowledged for a whole period
+/// (`SerialDevice::reassert_unserviced_interrupt`): without it one lost edge silences the
+/// guest's console for the rest of its life.
+pub struct LostInterruptWatch {
+    serial: Arc<Mutex<SerialDevice>>,
+    next: Instant,
+    raised: u64,
+}
+
+impl LostInterruptWatch {
+    /// How often COM1 is looked at: long enough that a guest handling its interrupts is never
+    /// disturbed, short enough that a lost edge costs its console half a second.
+    pub const PERIOD: Duration = Duration::from_millis(500);
+
+    /// A watch over `serial`.
+    pub fn new(serial: Arc<Mutex<SerialDevice>>) -> Self {
+        Self {
+            serial,
+            next: Instant::now() + Self::PERIOD,
+            raised: 0,
+        }
+    }
+
+    /// Called after every turn of the event loop; looks at COM1 once the period is over.
+    pub fn tick(&mut self) {
+        let now = Instant::now();
+        if now < self.next {
+            return;
+        }
+        self.next = now + Self::PERIOD;
+        let mut serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+        match serial.reassert_unserviced_interrupt() {
+            Ok(false) => {}
+            Ok(true) => {
+                self.raised += 1;
+                if self.raised == 1 {
+                    log::info!(
+                        "serial: the guest left a COM1 interrupt unacknowledged for {:?}; \
+                         raised it again (its edge was lost; later ones are counted at exit)",
+                        Self::PERIOD
+                    );
+                }
+            }
+            Err(e) => devices::warn_limited!("serial: cannot raise interrupt: {e}"),
+        }
+    }
+
+    /// Says at exit how many interrupts had to be raised again.
+    pub fn report(self) {
+        if self.raised > 0 {
+            log::info!(
+                "serial: {} COM1 interrupt(s) raised again after the guest left them \
+                 unacknowledged",
+                self.raised
+            );
+        }
     }
 }
 

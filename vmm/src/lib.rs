@@ -639,6 +639,9 @@ fn event_loop(
         exit_event,
         done.clone(),
     ))));
+    let mut serial_watch = com1
+        .as_ref()
+        .map(|com1| console::LostInterruptWatch::new(com1.serial.clone()));
     if let (Some(com1), true) = (com1, forward_stdin) {
         manager.add_subscriber(Arc::new(Mutex::new(console::StdinForwarder::new(
             com1.serial,
@@ -648,8 +651,17 @@ fn event_loop(
     if let Some(watcher) = resize {
         manager.add_subscriber(Arc::new(Mutex::new(watcher)));
     }
+    let timeout_ms = console::LostInterruptWatch::PERIOD.as_millis() as i32;
     while !done.load(Ordering::Acquire) {
-        manager.run().map_err(Error::EventLoop)?;
+        manager
+            .run_with_timeout(timeout_ms)
+            .map_err(Error::EventLoop)?;
+        if let Some(watch) = serial_watch.as_mut() {
+            watch.tick();
+        }
+    }
+    if let Some(watch) = serial_watch {
+        watch.report();
     }
     Ok(())
 }
