@@ -15,6 +15,8 @@
 //! CTRL_RX, MTU. Control commands: MQ_VQ_PAIRS_SET (range-checked, every pair stays
 //! served); anything else is answered VIRTIO_NET_ERR.
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod tap;
 mod worker;
 

@@ -62,7 +62,7 @@ pub(crate) struct Worker {
     handle: Option<JoinHandle<()>>,
 }
 
-struct Context {
+pub(crate) struct Context {
     q: PairQueues,
     epoll: Epoll,
     /// Listening for tap readability (the guest has receive buffers).
@@ -219,6 +219,37 @@ fn write_at(mem: &GuestMemory, descs: &[Descriptor], offset: usize, bytes: &[u8]
 }
 
 impl Context {
+    /// A worker's state without its thread, for the fuzz targets: `q`'s tap watched for input.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn unthreaded(q: PairQueues) -> io::Result<Self> {
+        let epoll = Epoll::new()?;
+        epoll.ctl(
+            ControlOperation::Add,
+            q.tap.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TAP),
+        )?;
+        Ok(Self {
+            q,
+            epoll,
+            rx_armed: true,
+            tx_blocked: false,
+        })
+    }
+
+    /// One turn of the worker's loop with every event ready: transmit, receive, control; then
+    /// the tap becomes writable again and a receive kick arrives. Returns the queues.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn serve_all(mut self) -> PairQueues {
+        self.process_tx();
+        self.process_rx();
+        self.process_ctrl();
+        self.tx_blocked = false;
+        self.process_tx();
+        self.rx_armed = true;
+        self.process_rx();
+        self.q
+    }
+
     fn run(mut self) {
         if !crate::thread_hook::worker_started(&self.q.name) {
             return;
