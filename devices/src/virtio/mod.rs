@@ -20,6 +20,7 @@ mod event_worker;
 pub mod net;
 pub mod pci;
 pub mod rng;
+mod worker_thread;
 
 #[cfg(test)]
 mod test_driver;

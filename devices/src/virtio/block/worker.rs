@@ -9,13 +9,12 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_queue::QueueT;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{request, Disk};
+use crate::virtio::worker_thread::{stop_event, WorkerThread};
 use crate::virtio::{ActiveQueue, GuestMemory, VirtioInterrupt};
 use crate::warn_limited;
 
@@ -29,10 +28,7 @@ pub(crate) const BATCH: usize = 64;
 
 /// A running worker; stopping it (or dropping it) waits for the thread to finish its current
 /// batch and exit.
-pub(crate) struct Worker {
-    stop: EventFd,
-    handle: Option<JoinHandle<()>>,
-}
+pub(crate) struct Worker(WorkerThread);
 
 /// What the thread owns.
 struct Context {
@@ -60,7 +56,7 @@ impl Worker {
         queue: ActiveQueue,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> std::io::Result<Self> {
-        let stop = EventFd::new(EFD_NONBLOCK)?;
+        let stop = stop_event()?;
         let epoll = Epoll::new()?;
         let add = |fd, token| {
             epoll.ctl(
@@ -71,7 +67,6 @@ impl Worker {
         };
         add(stop.as_raw_fd(), STOP_TOKEN)?;
         add(queue.notify.as_raw_fd(), QUEUE_TOKEN)?;
-        let thread_stop = stop.try_clone()?;
         let name = format!("virtio-blk {} q{}", disk.name, queue.index);
         let ctx = Context {
             disk,
@@ -80,42 +75,17 @@ impl Worker {
             interrupt,
             epoll,
         };
-        let handle = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || ctx.run(thread_stop))?;
-        Ok(Self {
-            stop,
-            handle: Some(handle),
-        })
+        WorkerThread::spawn("virtio-blk", name, stop, move || ctx.run()).map(Self)
     }
 
     /// Asks the thread to exit and waits for it.
-    pub(crate) fn stop(mut self) {
-        self.join();
-    }
-
-    fn join(&mut self) {
-        let Some(handle) = self.handle.take() else {
-            return;
-        };
-        if let Err(e) = self.stop.write(1) {
-            log::error!("cannot stop a virtio-blk worker: {e}");
-            return;
-        }
-        if handle.join().is_err() {
-            log::error!("a virtio-blk worker panicked");
-        }
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.join();
+    pub(crate) fn stop(self) {
+        self.0.stop();
     }
 }
 
 impl Context {
-    fn run(mut self, _stop: EventFd) {
+    fn run(mut self) {
         if !crate::thread_hook::worker_started(&self.disk.name) {
             return;
         }

@@ -12,16 +12,15 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_bindings::virtio_net as vn;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::tap::{Tap, VNET_HDR_LEN};
+use crate::virtio::worker_thread::{stop_event, WorkerThread};
 use crate::virtio::{ActiveQueue, GuestMemory, VirtioInterrupt};
 
 const STOP: u64 = 0;
@@ -57,10 +56,7 @@ pub(crate) struct PairQueues {
 }
 
 /// A running worker; stopping (or dropping) it waits for the thread to exit.
-pub(crate) struct Worker {
-    stop: EventFd,
-    handle: Option<JoinHandle<()>>,
-}
+pub(crate) struct Worker(WorkerThread);
 
 pub(crate) struct Context {
     q: PairQueues,
@@ -74,7 +70,7 @@ pub(crate) struct Context {
 impl Worker {
     /// Starts the thread.
     pub(crate) fn spawn(q: PairQueues) -> io::Result<Self> {
-        let stop = EventFd::new(EFD_NONBLOCK)?;
+        let stop = stop_event()?;
         let epoll = Epoll::new()?;
         let add = |fd, token, events| {
             epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
@@ -93,37 +89,12 @@ impl Worker {
             rx_armed: true,
             tx_blocked: false,
         };
-        let handle = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || ctx.run())?;
-        Ok(Self {
-            stop,
-            handle: Some(handle),
-        })
+        WorkerThread::spawn("virtio-net", name, stop, move || ctx.run()).map(Self)
     }
 
     /// Asks the thread to exit and waits for it.
-    pub(crate) fn stop(mut self) {
-        self.join();
-    }
-
-    fn join(&mut self) {
-        let Some(handle) = self.handle.take() else {
-            return;
-        };
-        if let Err(e) = self.stop.write(1) {
-            log::error!("cannot stop a virtio-net worker: {e}");
-            return;
-        }
-        if handle.join().is_err() {
-            log::error!("a virtio-net worker panicked");
-        }
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.join();
+    pub(crate) fn stop(self) {
+        self.0.stop();
     }
 }
 
