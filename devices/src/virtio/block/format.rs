@@ -44,6 +44,10 @@ pub struct Qcow2Header {
     pub incompatible: u64,
     /// Where the backing file's name is, and how long it is (0 length: no backing file).
     pub backing_name_at: (u64, u32),
+    /// A header extension in the first [`HEAD_BYTES`] is malformed in a way imago 0.2.6 does
+    /// not check (it panics on a feature name table whose length is not a whole number of
+    /// 48-byte entries; found by the `qcow2_image` fuzz target).
+    pub damaged_extension: bool,
 }
 
 impl Qcow2Header {
@@ -55,6 +59,13 @@ impl Qcow2Header {
             0 => {}
             1 => return Some("is encrypted (AES); viaduct cannot decrypt qcow2 images"),
             _ => return Some("is encrypted (LUKS); viaduct cannot decrypt qcow2 images"),
+        }
+        if self.damaged_extension {
+            return Some(
+                "has a damaged header: its feature name table extension is not a whole number \
+                 of 48-byte entries; see `qemu-img check`, or rebuild it with `qemu-img convert \
+                 -O qcow2`",
+            );
         }
         if self.incompatible & f::CORRUPT != 0 {
             return Some("is marked corrupt; repair it with `qemu-img check -r all`");
@@ -99,6 +110,32 @@ fn be64(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
+/// Header extension type of the feature name table; its entries are 48 bytes each.
+const FEATURE_NAME_TABLE: u32 = 0x6803_f857;
+
+/// Whether a header extension found in `head` is malformed (see
+/// [`Qcow2Header::damaged_extension`]). The extensions follow the header (72 bytes in v2,
+/// `header_length` in v3): type and length (big-endian u32 each), then the data, padded to 8.
+fn damaged_extension(head: &[u8], version: u32) -> bool {
+    let mut at = match version {
+        3 => be32(head, 100).map_or(104, |len| len as usize),
+        _ => 72,
+    };
+    while let (Some(kind), Some(len)) = (be32(head, at), be32(head, at + 4)) {
+        if kind == 0 {
+            return false;
+        }
+        if kind == FEATURE_NAME_TABLE && len % 48 != 0 {
+            return true;
+        }
+        at = match at.checked_add(8 + (len as usize).next_multiple_of(8)) {
+            Some(next) => next,
+            None => return false,
+        };
+    }
+    false
+}
+
 /// Classifies an image from its first bytes (`head`, up to [`HEAD_BYTES`]) and its last
 /// [`VHD_FOOTER_BYTES`] (`tail`, empty when the file is shorter).
 pub fn detect(head: &[u8], tail: &[u8]) -> Detected {
@@ -114,6 +151,7 @@ pub fn detect(head: &[u8], tail: &[u8]) -> Detected {
                     0
                 },
                 backing_name_at: (be64(head, 8).unwrap_or(0), be32(head, 16).unwrap_or(0)),
+                damaged_extension: damaged_extension(head, version),
             }),
             Some(1) => Detected::Foreign("qcow (version 1)"),
             _ => Detected::Foreign("qcow of an unknown version"),
@@ -201,7 +239,8 @@ mod tests {
                 version: 3,
                 crypt_method: 0,
                 incompatible: 1,
-                backing_name_at: (0x200, 9)
+                backing_name_at: (0x200, 9),
+                damaged_extension: false,
             }
         );
         assert!(q.has_backing_file());

@@ -152,6 +152,23 @@ impl ImplicitOpenGate<imago::file::File> for ChainGate {
     }
 
     fn open_storage(&mut self, options: StorageOpenOptions) -> io::Result<imago::file::File> {
+        // A backing file gets the header checks imago lacks, as the top image does.
+        if let Some(path) = options.get_filename() {
+            let file = File::open(path)?;
+            let size = file.metadata()?.len();
+            if let Detected::Qcow2(header) = format::detect_file(&file, size)? {
+                if header.damaged_extension {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "backing file {}: {}",
+                            path.display(),
+                            header.unsupported().unwrap_or("has a damaged header")
+                        ),
+                    ));
+                }
+            }
+        }
         imago::file::File::open(options.write(false))
     }
 }

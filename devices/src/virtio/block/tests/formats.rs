@@ -335,3 +335,41 @@ fn data_split_over_many_descriptors_lands_in_order() {
     assert_eq!(status_byte(&d), VIRTIO_BLK_S_OK);
     assert_eq!(image.content()[1536..3584], pattern(8)[512..2560]);
 }
+
+/// An image the `qcow2_image` fuzz target made: a v3 qcow2 header followed by a feature name
+/// table extension whose length is not a whole number of 48-byte entries. imago 0.2.6 panics
+/// parsing it (`qcow2/metadata.rs`, slicing past the short last entry); viaduct must refuse it.
+const DAMAGED_FEATURE_TABLE: &[u8] = include_bytes!("damaged-feature-table.qcow2");
+
+#[test]
+fn a_damaged_feature_name_table_is_refused_not_handed_to_imago() {
+    let image = TempImage::new(DAMAGED_FEATURE_TABLE);
+    for image_type in [None, Some(ImageType::Qcow2)] {
+        let cfg = BlockConfig {
+            image_type,
+            ..config(&image, false)
+        };
+        let e = open_with(&cfg).err().unwrap();
+        assert!(e.contains("feature name table"), "{e}");
+        assert!(e.contains("qemu-img"), "{e}");
+    }
+}
+
+#[test]
+fn a_backing_file_with_a_damaged_feature_name_table_is_refused() {
+    let backing = TempImage::new(DAMAGED_FEATURE_TABLE);
+    let name = backing.0.file_name().unwrap().to_str().unwrap().to_string();
+    let top = TempImage::new(&[]);
+    qcow2_at(&top, &[], 4 * 512, Some(&name));
+    let cfg = BlockConfig {
+        image_type: Some(ImageType::Qcow2),
+        backing_files: true,
+        readonly: true,
+        ..config(&top, true)
+    };
+    let e = open_with(&cfg).err().unwrap();
+    assert!(
+        e.contains("backing file") && e.contains("feature name table"),
+        "{e}"
+    );
+}
