@@ -651,7 +651,11 @@ fn event_loop(
     if let Some(watcher) = resize {
         manager.add_subscriber(Arc::new(Mutex::new(watcher)));
     }
-    let timeout_ms = console::LostInterruptWatch::PERIOD.as_millis() as i32;
+    // Without COM1 nothing needs a periodic look: wait for events only.
+    let timeout_ms = match serial_watch {
+        Some(_) => console::LostInterruptWatch::PERIOD.as_millis() as i32,
+        None => -1,
+    };
     while !done.load(Ordering::Acquire) {
         manager
             .run_with_timeout(timeout_ms)

@@ -50,6 +50,11 @@ pub struct Qcow2Header {
     pub damaged_extension: bool,
 }
 
+/// Why an image with [`Qcow2Header::damaged_extension`] is refused.
+pub const DAMAGED_EXTENSION: &str = "has a damaged header: its feature name table extension is \
+    not a whole number of 48-byte entries; see `qemu-img check`, or rebuild it with `qemu-img \
+    convert -O qcow2`";
+
 impl Qcow2Header {
     /// Why viaduct (through imago) cannot open this image, if it cannot: encryption and the
     /// incompatible features imago does not implement.
@@ -61,11 +66,7 @@ impl Qcow2Header {
             _ => return Some("is encrypted (LUKS); viaduct cannot decrypt qcow2 images"),
         }
         if self.damaged_extension {
-            return Some(
-                "has a damaged header: its feature name table extension is not a whole number \
-                 of 48-byte entries; see `qemu-img check`, or rebuild it with `qemu-img convert \
-                 -O qcow2`",
-            );
+            return Some(DAMAGED_EXTENSION);
         }
         if self.incompatible & f::CORRUPT != 0 {
             return Some("is marked corrupt; repair it with `qemu-img check -r all`");

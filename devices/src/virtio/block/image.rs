@@ -163,7 +163,7 @@ impl ImplicitOpenGate<imago::file::File> for ChainGate {
                         format!(
                             "backing file {}: {}",
                             path.display(),
-                            header.unsupported().unwrap_or("has a damaged header")
+                            format::DAMAGED_EXTENSION
                         ),
                     ));
                 }
