@@ -68,13 +68,15 @@ pub struct Cli {
     /// reserve more, when the pool is too small. `shared=on` maps RAM shared (a memfd), as
     /// vhost-user needs; the default is private memory. `file=PATH` backs RAM with that file, or
     /// with a fresh file in that directory (e.g. a hugetlbfs mount), mapped shared.
-    /// `prefault=on` populates every page before the guest starts, with one thread per host CPU.
+    /// `prefault=on` populates every page before the guest starts, with one thread per host CPU;
+    /// not given, that is done just before the DMA mapping with --device for 1G or more of
+    /// private anonymous RAM on a host with more than one CPU, and `prefault=off` never does it.
     /// `thp=on|off` (default on) asks for transparent hugepages or refuses them.
     /// `mergeable=on` lets KSM merge identical pages; it cannot be used with --device (pinned
     /// pages do not merge). A size larger than the host's memory is refused at once.
     #[arg(
         long,
-        value_name = "size=SIZE[,hugepages=on][,hugepage_size=2M|1G][,shared=on][,file=PATH][,prefault=on][,thp=off][,mergeable=on]",
+        value_name = "size=SIZE[,hugepages=on][,hugepage_size=2M|1G][,shared=on][,file=PATH][,prefault=on|off][,thp=off][,mergeable=on]",
         default_value = DEFAULT_MEMORY
     )]
     pub memory: String,

@@ -611,7 +611,7 @@ pub fn parse_memory(value: &str) -> Result<MemoryValue, ConfigError> {
             hugepage_size,
             shared: shared.unwrap_or(false) || file.is_some(),
             file,
-            prefault: toggle("prefault")?.unwrap_or(false),
+            prefault: toggle("prefault")?,
             thp: toggle("thp")?.unwrap_or(true),
             mergeable,
         },
@@ -1041,11 +1041,20 @@ mod tests {
             MemoryBacking {
                 hugepages: true,
                 hugepage_size: Some(1 << 30),
-                prefault: true,
+                prefault: Some(true),
                 ..MemoryBacking::default()
             }
         );
         assert!(parse_memory("size=1G").unwrap().backing.thp);
+        // Not given is not off: viaduct may prefault before pinning (vmm's prefault_before_pin).
+        assert_eq!(parse_memory("size=1G").unwrap().backing.prefault, None);
+        assert_eq!(
+            parse_memory("size=1G,prefault=off")
+                .unwrap()
+                .backing
+                .prefault,
+            Some(false)
+        );
         assert!(!parse_memory("size=1G,thp=off").unwrap().backing.thp);
         assert!(parse_memory("size=1G,shared=on").unwrap().backing.shared);
         let f = parse_memory("size=1G,file=/dev/hugepages").unwrap().backing;

@@ -4,7 +4,8 @@
 //! nvme driver reads the disk with MSI-X), listed by `vm.info`, hot-removed (the guest ejects it)
 //! and taken back by the rig host's own nvme driver; then, on segment 1 of 2 and with
 //! `managed=on`, once more, this time ejected by the guest itself (its slot's power file), and
-//! given back to nvme. `vm.shutdown` and `vmm.shutdown` end viaduct with exit 0.
+//! given back to nvme; that VM has 1 GiB of RAM, prefaulted before the hot-added device's DMA
+//! map. `vm.shutdown` and `vmm.shutdown` end viaduct with exit 0.
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
@@ -77,11 +78,12 @@ fn marker_after(bdf: &str, tag: &str) -> String {
     )
 }
 
-fn guest_args(marker: &str, write: &str, more: &str) -> String {
+fn guest_args(marker: &str, write: &str, memory: &str, more: &str) -> String {
     format!(
         "--kernel /guest/bzImage --initramfs /guest/initramfs.cpio.gz \
          --cmdline \"console=ttyS0 quiet viaduct_marker={marker} viaduct_action=hotplug,hold \
-         viaduct_write={write}\" --cpus boot=1 --memory size=512M --serial tty --console off {more}"
+         viaduct_write={write}\" --cpus boot=1 --memory size={memory} --serial tty --console off \
+         {more}"
     )
 }
 
@@ -89,6 +91,8 @@ fn guest_args(marker: &str, write: &str, more: &str) -> String {
 fn a_device_is_hot_added_used_hot_removed_and_given_back_on_both_segments() {
     let test = "a_device_is_hot_added_used_hot_removed_and_given_back_on_both_segments";
     let mut host = RigHost::new(test);
+    // Two CPUs: the second run's first hot-added device prefaults its 1 GiB of RAM on both.
+    host.qemu_args(["-smp", "2"]);
     let disk = host.nvme("nva", SLOT_NVME_A, &marker_token());
     let bdf = disk.bdf.clone();
     let (marker, write1, write2) = (marker_token(), marker_token(), marker_token());
@@ -116,13 +120,14 @@ fn a_device_is_hot_added_used_hot_removed_and_given_back_on_both_segments() {
         + &remote("REMOVE-EJECTED", "remove-device nvme9")
         + &remote("SHUTDOWN-2", "shutdown-vmm");
     let scenario = vfio_bind(&[&bdf], &[])
-        + &api_run("1", &guest_args(&marker, &write1, ""), &first)
+        + &api_run("1", &guest_args(&marker, &write1, "512M", ""), &first)
         + &rebind_to_nvme(&bdf, "1")
         + &api_run(
             "2",
             &guest_args(
                 &format!("{marker} viaduct_hotplug_eject=self"),
                 &write2,
+                "1G",
                 "--platform num_pci_segments=2",
             ),
             &second,
@@ -246,7 +251,25 @@ fn a_device_is_hot_added_used_hot_removed_and_given_back_on_both_segments() {
         "{context}"
     );
     assert_eq!(run.viaduct_exit(), Some(0), "{context}");
-    let stderr = run.viaduct_stderr().join("\n");
+    // 1 GiB of private RAM and a first device hot-added: prefaulted on both CPUs of the rig
+    // host, in the running guest, just before the DMA map (and from the API thread, under
+    // its seccomp filter).
+    let lines = run.viaduct_stderr();
+    let at = |what: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no line with '{what}'\n{context}"))
+    };
+    let prefaulted = at("guest RAM prefaulted for DMA mapping: 1024 MiB");
+    assert!(
+        lines[prefaulted].contains("with 2 thread(s)")
+            && at("entering the kernel") < prefaulted
+            && prefaulted < at("DMA-mapped"),
+        "{}\n{context}",
+        lines[prefaulted]
+    );
+    let stderr = lines.join("\n");
     assert!(
         stderr.contains(&format!("gave {bdf} back to nvme")),
         "managed=on did not give the device back\n{context}"

@@ -1,7 +1,8 @@
 //! Guest memory backings in the nested rig: hugepage-backed RAM with a passed-through NVMe (the
 //! rig host's hugepage pool gives exactly the guest's pages while it runs and gets them back),
 //! a refused start when the pool is too small, and prefaulted RAM that is resident before the
-//! guest's first instruction.
+//! guest's first instruction (asked for, or by default before a passed-through device's DMA
+//! mapping).
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
@@ -110,39 +111,116 @@ fn hugepage_ram_takes_exactly_the_guests_pages_and_a_short_pool_is_refused() {
     assert!(!stderr.iter().any(|l| l.contains("panicked")), "{context}");
 }
 
+/// `VmRSS <n> MiB` in `line`.
+fn vmrss_mib(line: &str) -> Option<u64> {
+    line.split("VmRSS ").nth(1)?.split(' ').next()?.parse().ok()
+}
+
+/// The index of the first viaduct stderr line containing `what`.
+fn line_with(run: &RigRun, what: &str) -> usize {
+    run.viaduct_stderr()
+        .iter()
+        .position(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no line with '{what}'\n{}", run.context()))
+}
+
+/// A rig host with two CPUs: `prefault=on` RAM is resident before the guest's first
+/// instruction; with a passed-through NVMe and 1 GiB of private RAM, RAM is prefaulted (on both
+/// CPUs) before it is DMA-mapped though `prefault` was not given, and the guest's driver then
+/// reads and writes the disk through it; `prefault=off` turns that off.
 #[test]
 fn prefaulted_ram_is_resident_before_the_guest_starts() {
     let test = "prefaulted_ram_is_resident_before_the_guest_starts";
-    let host = RigHost::new(test);
-    let marker = marker_token();
-    let run = host.run(&viaduct_command(&guest_args(
-        &marker,
-        "poweroff",
-        "--memory size=512M,prefault=on",
-    )));
+    let mut host = RigHost::new(test);
+    host.qemu_args(["-smp", "2"]);
+    let disk = host.nvme("nva", SLOT_NVME_A, &marker_token());
+    let (marker, write) = (marker_token(), marker_token());
+    let device = format!("--device {}", device_path(&disk.bdf));
+    let scenario = vfio_bind(&[&disk.bdf], &[])
+        + &viaduct_command(&guest_args(
+            &marker,
+            "poweroff",
+            "--memory size=512M,prefault=on",
+        ))
+        + &viaduct_command(&guest_args(
+            &marker,
+            &format!("nvme-io viaduct_write={write}"),
+            &format!("--memory size=1G {device}"),
+        ))
+        + &viaduct_command(&guest_args(
+            &marker,
+            "poweroff",
+            &format!("--memory size=1G,prefault=off {device}"),
+        ));
+    let all = host.run(&scenario);
+    let runs = all.viaduct_runs();
+    assert_eq!(runs.len(), 3, "three viaduct runs\n{}", all.context());
+    for run in &runs {
+        assert_eq!(
+            run.guest_marker(),
+            Some(marker.as_str()),
+            "{}",
+            run.context()
+        );
+        assert_eq!(run.viaduct_exit(), Some(0), "{}", run.context());
+    }
+
+    // prefault=on: resident before the kernel is entered.
+    let run = &runs[0];
     let context = run.context();
-    assert_eq!(run.guest_marker(), Some(marker.as_str()), "{context}");
-    assert_eq!(run.viaduct_exit(), Some(0), "{context}");
     let stderr = run.viaduct_stderr();
-    let prefaulted = stderr
-        .iter()
-        .position(|l| l.contains("guest RAM prefaulted: 512 MiB"))
-        .unwrap_or_else(|| panic!("no prefault line\n{context}"));
-    let entered = stderr
-        .iter()
-        .position(|l| l.contains("entering the kernel"))
-        .unwrap_or_else(|| panic!("no kernel entry line\n{context}"));
+    let prefaulted = line_with(run, "guest RAM prefaulted: 512 MiB");
     assert!(
-        prefaulted < entered,
+        prefaulted < line_with(run, "entering the kernel"),
         "prefaulted after the guest started\n{context}"
     );
-    let rss: u64 = stderr[prefaulted]
-        .split("VmRSS ")
-        .nth(1)
-        .and_then(|v| v.split(' ').next()?.parse().ok())
+    let rss = vmrss_mib(stderr[prefaulted])
         .unwrap_or_else(|| panic!("no VmRSS in '{}'\n{context}", stderr[prefaulted]));
     assert!(
         rss >= 512,
         "VmRSS {rss} MiB, the guest has 512 MiB\n{context}"
     );
+
+    // Not given, with the device: prefaulted on two threads before the DMA map, then used.
+    let run = &runs[1];
+    let context = run.context();
+    let stderr = run.viaduct_stderr();
+    let prefaulted = line_with(run, "guest RAM prefaulted for DMA mapping: 1024 MiB");
+    assert!(
+        stderr[prefaulted].contains("with 2 thread(s)"),
+        "{}\n{context}",
+        stderr[prefaulted]
+    );
+    assert!(
+        prefaulted < line_with(run, "DMA-mapped")
+            && prefaulted < line_with(run, "entering the kernel"),
+        "prefaulted after the DMA map or the guest's start\n{context}"
+    );
+    let rss = vmrss_mib(stderr[prefaulted])
+        .unwrap_or_else(|| panic!("no VmRSS in '{}'\n{context}", stderr[prefaulted]));
+    assert!(
+        rss >= 1024,
+        "VmRSS {rss} MiB, the guest has 1 GiB\n{context}"
+    );
+    assert_eq!(
+        run.guest("NVME-MARKER"),
+        Some(disk.marker.as_str()),
+        "DMA into prefaulted RAM\n{context}"
+    );
+    assert_eq!(
+        disk.token_at(1),
+        write,
+        "DMA out of prefaulted RAM\n{context}"
+    );
+
+    // prefault=off: the pin faults the pages in itself.
+    let run = &runs[2];
+    let context = run.context();
+    assert!(
+        !run.viaduct_stderr()
+            .iter()
+            .any(|l| l.contains("prefaulted")),
+        "prefault=off, yet prefaulted\n{context}"
+    );
+    line_with(run, "DMA-mapped");
 }

@@ -10,21 +10,24 @@
 # Absolute numbers under nested emulation mean little; ratios measured in one run do.
 #
 # Usage: resources/bench/memory-start.sh [--sizes "512M 2G 4G"] [--rounds N] [--release]
-#                                         [--ch PATH] [--prefault] [--rig-mem SIZE]
+#                                         [--ch PATH] [--prefault] [--rig-mem SIZE] [--rig-cpus N]
 #   --sizes "..."  guest sizes (default "512M 2G")
 #   --rounds N     runs of each configuration, keeping the best (default 1)
 #   --release      the release build of viaduct (default: debug, as the tests use)
 #   --ch PATH      also run this cloud-hypervisor binary (built by you; see docs/memory.md)
-#   --prefault     add viaduct with prefault=on
+#   --prefault     add viaduct with prefault=on and with prefault=off (the default row leaves
+#                  it unsaid: viaduct then prefaults large private RAM before the DMA map)
 #   --rig-mem SIZE the rig host's memory (default: twice the largest guest + 2 GiB: the
 #                  hugepage pool and an anonymous guest side by side)
+#   --rig-cpus N   the rig host's CPUs (default 2: viaduct's prefault threads; the guest and
+#                  QEMU's guest have 1 vCPU either way)
 # The emulated VT-d gets 48 address bits (cloud-hypervisor does not start with a device at the
 # default 39). Files and the serial log are kept in target/rig/bench-memory-start/.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/../rig/lib.sh"
 
-SIZES="512M 2G" ROUNDS=1 PROFILE=debug CH="" PREFAULT=0 RIG_MEM=""
+SIZES="512M 2G" ROUNDS=1 PROFILE=debug CH="" PREFAULT=0 RIG_MEM="" RIG_CPUS=2
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--sizes) SIZES=${2:?}; shift 2 ;;
@@ -33,11 +36,13 @@ while [[ $# -gt 0 ]]; do
 	--ch) CH=${2:?}; shift 2 ;;
 	--prefault) PREFAULT=1; shift ;;
 	--rig-mem) RIG_MEM=${2:?}; shift 2 ;;
-	-h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	--rig-cpus) RIG_CPUS=${2:?}; shift 2 ;;
+	-h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) rig_die "memory-start.sh: unknown argument '$1' (try --help)" ;;
 	esac
 done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || rig_die "--rounds wants a whole number"
+[[ $RIG_CPUS =~ ^[1-9][0-9]*$ ]] || rig_die "--rig-cpus wants a whole number"
 [[ -z $CH || -x $CH ]] || rig_die "--ch $CH is not an executable"
 mib() { # 512M / 2G -> MiB
 	case $1 in
@@ -100,7 +105,8 @@ CMDLINE="console=ttyS0 quiet viaduct_action=poweroff"
 				runs=("timed viaduct-$mem-$size-dev viaduct -v $G --memory $vm --device path=$DEV"
 					"timed viaduct-$mem-$size-nodev viaduct -v $G --memory $vm")
 				if [[ $PREFAULT == 1 ]]; then
-					runs+=("timed viaduct-prefault-$mem-$size-dev viaduct -v $G --memory $vm,prefault=on --device path=$DEV")
+					runs+=("timed viaduct-prefault-$mem-$size-dev viaduct -v $G --memory $vm,prefault=on --device path=$DEV"
+						"timed viaduct-noprefault-$mem-$size-dev viaduct -v $G --memory $vm,prefault=off --device path=$DEV")
 				fi
 				runs+=("timed qemu-$mem-$size-dev $Q $qm -device vfio-pci,host=$BDF"
 					"timed qemu-$mem-$size-nodev $Q $qm")
@@ -129,7 +135,7 @@ firmware() {
 extra=()
 [[ -z $CH ]] || extra=(--binary "$CH=/usr/bin/cloud-hypervisor")
 START=$SECONDS
-VIADUCT_RIG_MEM=$RIG_MEM VIADUCT_RIG_IOMMU=aw-bits=48 "$RIG_DIR/run.sh" --viaduct "$VIADUCT" \
+VIADUCT_RIG_SMP=$RIG_CPUS VIADUCT_RIG_MEM=$RIG_MEM VIADUCT_RIG_IOMMU=aw-bits=48 "$RIG_DIR/run.sh" --viaduct "$VIADUCT" \
 	--binary "$QEMU_BIN=/usr/bin/qemu-system-x86_64" "${extra[@]}" \
 	--scenario "$OUT/scenario.sh" --log "$OUT/serial.log" --timeout 5400 \
 	--file "$(firmware bios-256k.bin)" --file "$(firmware kvmvapic.bin)" \
@@ -150,9 +156,9 @@ ratio() { [[ -n $1 && -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f"
 minus() { [[ -n $1 && -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a - b }' || echo ""; }
 
 vmms="viaduct qemu"
-[[ $PREFAULT == 1 ]] && vmms="viaduct viaduct-prefault qemu"
+[[ $PREFAULT == 1 ]] && vmms="viaduct viaduct-prefault viaduct-noprefault qemu"
 [[ -n $CH ]] && vmms="$vmms ch"
-echo "== exec -> guest init -> exit (s), PVH vmlinux, busybox guest, 1 vCPU, NVMe passed through; $ROUNDS round(s), best; rig host $RIG_MEM, 48-bit VT-d; rig run ${WALL}s =="
+echo "== exec -> guest init -> exit (s), PVH vmlinux, busybox guest, 1 vCPU, NVMe passed through; $ROUNDS round(s), best; rig host $RIG_CPUS CPU(s), $RIG_MEM, 48-bit VT-d; rig run ${WALL}s =="
 printf '%-9s %-5s %-17s %8s %8s %8s %8s %10s\n' size ram vmm init exit "init*" "exit*" "pt-cost"
 printf '%-9s %-5s %-17s %8s %8s %8s %8s %10s\n' "" "" "" "(dev)" "(dev)" "(nodev)" "(nodev)" "(init)"
 for size in $SIZES; do
@@ -160,7 +166,7 @@ for size in $SIZES; do
 		for vmm in $vmms; do
 			label=$vmm-$mem-$size
 			nodev=$label-nodev
-			[[ $vmm == viaduct-prefault ]] && nodev=viaduct-$mem-$size-nodev
+			[[ $vmm == viaduct-*prefault ]] && nodev=viaduct-$mem-$size-nodev
 			di=$(best "$label-dev" INIT) de=$(best "$label-dev" END)
 			ni=$(best "$nodev" INIT) ne=$(best "$nodev" END)
 			printf '%-9s %-5s %-17s %8s %8s %8s %8s %10s\n' "$size" "$mem" "$vmm" "${di:--}" "${de:--}" \

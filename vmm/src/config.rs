@@ -111,8 +111,11 @@ pub struct MemoryBacking {
     /// `file=PATH`: RAM is a shared mapping of this file, or of a fresh file in this directory
     /// (a hugetlbfs mount, say).
     pub file: Option<PathBuf>,
-    /// `prefault=on`: every page of RAM is populated before the guest starts, in parallel.
-    pub prefault: bool,
+    /// `prefault=on|off`: every page of RAM is populated before the guest starts, in parallel,
+    /// or never. `None` (not given): off, except that large private anonymous RAM is
+    /// prefaulted in parallel just before its first DMA mapping for a passed-through device
+    /// (`memory::prefault_before_pin` says when).
+    pub prefault: Option<bool>,
     /// `thp=on|off`: ask for transparent hugepages (`MADV_HUGEPAGE`) or refuse them.
     pub thp: bool,
     /// `mergeable=on`: let KSM merge identical pages (`MADV_MERGEABLE`).
@@ -126,7 +129,7 @@ impl Default for MemoryBacking {
             hugepage_size: None,
             shared: false,
             file: None,
-            prefault: false,
+            prefault: None,
             thp: true,
             mergeable: false,
         }

@@ -255,7 +255,7 @@ impl VmApi for VmControl {
                     "size": c.memory_bytes,
                     "hugepages": c.memory.hugepages,
                     "shared": c.memory.shared,
-                    "prefault": c.memory.prefault,
+                    "prefault": c.memory.prefault == Some(true),
                 },
                 "payload": {
                     "kernel": c.kernel,

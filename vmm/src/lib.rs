@@ -326,7 +326,7 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
         },
         started.elapsed()
     );
-    if config.memory.prefault {
+    if config.memory.prefault == Some(true) {
         let stats = memory::prefault(&ram.mem, ram.page_size, ram.hugetlb)?;
         let (rss, hugetlb) = memory::resident_bytes();
         info!(
@@ -379,8 +379,23 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
         Arc::new(interrupts::GsiRouter::new(vm.clone()));
     // Passthrough devices are opened before the PCI windows are laid out: the host IOMMU's
     // reach (known once the container has a device) decides where the 64-bit windows go.
-    let passthrough =
-        passthrough::Passthrough::new(vm.clone(), &mem, router.clone(), config.pci.vfio_p2p_dma);
+    // Unless told, large private RAM is prefaulted in parallel just before the first DMA
+    // mapping (the pin would fault it in on one thread).
+    let cpus = memory::available_cpus();
+    let prefault =
+        memory::prefault_before_pin(&config.memory, config.memory_bytes, ram.hugetlb, cpus).then(
+            || passthrough::PrefaultBeforeMap {
+                mem: mem.clone(),
+                page_size: ram.page_size,
+            },
+        );
+    let passthrough = passthrough::Passthrough::new(
+        vm.clone(),
+        &mem,
+        router.clone(),
+        config.pci.vfio_p2p_dma,
+        prefault,
+    );
     let opened = config
         .devices
         .iter()

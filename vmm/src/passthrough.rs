@@ -44,7 +44,18 @@ pub struct Passthrough {
     router: Arc<dyn InterruptRouter>,
     ram: Vec<GuestRamRegion>,
     peer_to_peer: bool,
+    prefault: Option<PrefaultBeforeMap>,
     state: Mutex<State>,
+}
+
+/// Guest RAM to prefault in parallel just before it is first DMA-mapped (when
+/// `memory::prefault_before_pin` says so), so the pin finds every page present instead of
+/// faulting and zeroing them on one thread.
+pub struct PrefaultBeforeMap {
+    /// The guest's RAM.
+    pub mem: GuestMemoryMmap,
+    /// Its page size.
+    pub page_size: u64,
 }
 
 #[derive(Default)]
@@ -75,6 +86,33 @@ impl OpenedPassthrough {
     }
 }
 
+/// Prefaults `p` for the DMA mapping that follows. A failure only costs time (the pin faults
+/// the pages itself), so it is a warning.
+fn prefault_before_map(p: &PrefaultBeforeMap) {
+    match crate::memory::prefault(&p.mem, p.page_size, false) {
+        Ok(stats) => info!(
+            "guest RAM prefaulted for DMA mapping: {} MiB in {:?} with {} thread(s){}; VmRSS \
+             {} MiB (passthrough with {} GiB or more of private memory and more than one CPU; \
+             prefault=off skips this)",
+            stats.bytes >> 20,
+            stats.elapsed,
+            stats.threads,
+            if stats.touched {
+                ", touching each page: no MADV_POPULATE_WRITE"
+            } else {
+                ""
+            },
+            crate::memory::resident_bytes().0 >> 20,
+            crate::memory::BEFORE_PIN_MIN_BYTES >> 30
+        ),
+        Err(e) => warn!(
+            "guest RAM could not be prefaulted before DMA mapping ({}); the mapping faults \
+             the pages in itself, on one thread",
+            crate::error_chain(&e)
+        ),
+    }
+}
+
 fn build_error(device: &str, source: impl Into<BuildError>) -> AttachError {
     AttachError::Build {
         device: device.to_string(),
@@ -84,12 +122,15 @@ fn build_error(device: &str, source: impl Into<BuildError>) -> AttachError {
 
 impl Passthrough {
     /// No container yet: it is created with the first device, so a VM without `--device`
-    /// needs no VFIO at all. `peer_to_peer` is `--platform vfio_p2p_dma`.
+    /// needs no VFIO at all. `peer_to_peer` is `--platform vfio_p2p_dma`; `prefault`, RAM to
+    /// prefault before the first DMA mapping (at start or, for a first device hot-plugged,
+    /// then).
     pub fn new(
         vm: Arc<VmFd>,
         mem: &GuestMemoryMmap,
         router: Arc<dyn InterruptRouter>,
         peer_to_peer: bool,
+        prefault: Option<PrefaultBeforeMap>,
     ) -> Self {
         let ram = mem
             .iter()
@@ -104,6 +145,7 @@ impl Passthrough {
             router,
             ram,
             peer_to_peer,
+            prefault,
             state: Mutex::new(State::default()),
         }
     }
@@ -130,6 +172,9 @@ impl Passthrough {
             info!("{id}: the kernel resets it with: {}", methods.trim());
         }
         if !state.ram_mapped {
+            if let Some(p) = &self.prefault {
+                prefault_before_map(p);
+            }
             // SAFETY: the regions are the VM's guest RAM; it stays mapped until after the VM
             // and this container are gone (`release` unmaps it first), and the VMM touches it
             // only through volatile accesses.

@@ -17,7 +17,9 @@ use vfio_dev::host::memory::HostMemoryError;
 use crate::config::MemoryBacking;
 use crate::Error;
 
-pub use prefault::{prefault, PrefaultStats};
+pub use prefault::{
+    available_cpus, prefault, prefault_before_pin, PrefaultStats, BEFORE_PIN_MIN_BYTES,
+};
 
 /// The guest's RAM.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
