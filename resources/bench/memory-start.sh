@@ -137,7 +137,7 @@ extra=()
 START=$SECONDS
 VIADUCT_RIG_SMP=$RIG_CPUS VIADUCT_RIG_MEM=$RIG_MEM VIADUCT_RIG_IOMMU=aw-bits=48 "$RIG_DIR/run.sh" --viaduct "$VIADUCT" \
 	--binary "$QEMU_BIN=/usr/bin/qemu-system-x86_64" "${extra[@]}" \
-	--scenario "$OUT/scenario.sh" --log "$OUT/serial.log" --timeout 5400 \
+	--scenario "$OUT/scenario.sh" --log "$OUT/serial.log" --timeout 5400 --stall 300 \
 	--file "$(firmware bios-256k.bin)" --file "$(firmware kvmvapic.bin)" \
 	--file "$(firmware linuxboot_dma.bin)" --file "$(firmware pvh.bin)" -- \
 	-drive "file=$OUT/nvme.img,if=none,id=nva,format=raw" \

@@ -7,6 +7,8 @@
 #   --viaduct PATH    the viaduct binary; lands in L2 as /usr/bin/viaduct (with its libraries)
 #   --scenario FILE   a shell script run by L2's busybox sh as /rig/scenario.sh
 #   --timeout SECS    kill QEMU after this long (default 600)
+#   --stall SECS      end the run when the serial log has not grown for this long (default:
+#                     never), first writing where the rig host's CPUs are (RIG-STALL lines)
 #   --log FILE        also write the serial log there (default: a file in a temporary directory,
 #                     kept when the run fails)
 #   --file SRC=DEST   put file SRC into L2 at path DEST (repeatable)
@@ -27,11 +29,11 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
-	sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 
-VIADUCT="" SCENARIO="" TIMEOUT=600 LOG=""
+VIADUCT="" SCENARIO="" TIMEOUT=600 LOG="" STALL=0
 FILES=()
 BINARIES=()
 QEMU_EXTRA=()
@@ -40,6 +42,7 @@ while [[ $# -gt 0 ]]; do
 	--viaduct) VIADUCT=${2:?}; shift 2 ;;
 	--scenario) SCENARIO=${2:?}; shift 2 ;;
 	--timeout) TIMEOUT=${2:?}; shift 2 ;;
+	--stall) STALL=${2:?}; shift 2 ;;
 	--log) LOG=${2:?}; shift 2 ;;
 	--file) FILES+=("${2:?}"); shift 2 ;;
 	--binary) BINARIES+=("${2:?}"); shift 2 ;;
@@ -52,6 +55,7 @@ done
 [[ -x $VIADUCT ]] || rig_die "viaduct binary '$VIADUCT' does not exist or is not executable"
 [[ -f $SCENARIO ]] || rig_die "scenario '$SCENARIO' does not exist"
 [[ $TIMEOUT =~ ^[0-9]+$ ]] || rig_die "--timeout wants seconds, got '$TIMEOUT'"
+[[ $STALL =~ ^[0-9]+$ ]] || rig_die "--stall wants seconds, got '$STALL'"
 
 START=$(date +%s.%N)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/viaduct-rig.XXXXXX")
@@ -114,6 +118,8 @@ QEMU=(
 	# The serial port on stdio and no -nographic: SeaBIOS then stays off the serial port, which
 	# keeps its terminal-reset sequences out of the log and off the user's terminal.
 	-display none -vga none -monitor none -serial stdio -no-reboot -nic none
+	# A QMP socket, for looking into a run that hangs (resources/rig/monitor.py; docs/rig.md).
+	-qmp "unix:$WORK/qmp.sock,server=on,wait=off"
 	-device "intel-iommu,intremap=on,caching-mode=on${VIADUCT_RIG_IOMMU:+,$VIADUCT_RIG_IOMMU}"
 	-kernel "$KERNEL_DIR/bzImage" -initrd "$WORK/initrd"
 	# no_timer_check: under software emulation on a loaded machine the kernel's IO-APIC timer
@@ -122,11 +128,40 @@ QEMU=(
 	-append "console=ttyS0 panic=-1 intel_iommu=on iommu=pt no_timer_check quiet ${VIADUCT_RIG_CMDLINE:-}"
 	"${QEMU_EXTRA[@]}"
 )
-rig_log "booting the rig host: timeout ${TIMEOUT}s, log $LOG"
+# --stall: a rig host that prints nothing for STALL seconds is stuck (a scenario's own bounds
+# print long before that), e.g. a CPU looping in its kernel, where no timeout inside it can
+# act. Its CPUs' registers go into the log, then QEMU is told to quit.
+watch_stall() {
+	local last=-1 size still=0
+	while sleep 5; do
+		size=$(stat -c %s "$LOG" 2>/dev/null || echo 0)
+		if [[ $size != "$last" ]]; then
+			last=$size still=0
+			continue
+		fi
+		still=$((still + 5))
+		[[ $still -ge $STALL ]] || continue
+		touch "$WORK/stalled"
+		{
+			echo "RIG-STALL: no output for ${STALL}s; where the rig host's CPUs are:"
+			python3 "$RIG_DIR/monitor.py" "$WORK/qmp.sock" "info registers -a" |
+				grep -E '^(CPU|RIP)' | sed 's/^/RIG-STALL: /'
+		} >>"$LOG" 2>&1
+		python3 "$RIG_DIR/monitor.py" "$WORK/qmp.sock" quit >/dev/null 2>&1
+		return
+	done
+}
+rig_log "booting the rig host: timeout ${TIMEOUT}s, log $LOG, monitor $WORK/qmp.sock"
+WATCH=""
+if [[ $STALL -gt 0 ]]; then
+	watch_stall &
+	WATCH=$!
+fi
 set +e
 # stdin is /dev/null: QEMU's serial then neither grabs the terminal nor waits for input.
 timeout --kill-after=10 "$TIMEOUT" "${QEMU[@]}" </dev/null 2>&1 | tee -a "$LOG"
 QEMU_STATUS=${PIPESTATUS[0]}
+[[ -z $WATCH ]] || kill "$WATCH" 2>/dev/null
 set -e
 ELAPSED=$(awk -v s="$START" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
 
@@ -140,6 +175,8 @@ if grep -aq 'RIG-ERROR:' "$LOG"; then
 	fail "$(grep -ao 'RIG-ERROR:.*' "$LOG" | head -n1 | tr -d '\r')"
 fi
 if ! grep -aq 'RIG-SCENARIO-EXIT=' "$LOG"; then
+	[[ ! -e $WORK/stalled ]] ||
+		fail "the rig host printed nothing for ${STALL}s and was stopped (its CPUs: RIG-STALL lines)"
 	case $QEMU_STATUS in
 	124 | 137) fail "timed out after ${TIMEOUT}s before the scenario finished" ;;
 	0) fail "QEMU exited before the scenario finished (L2 kernel panic or poweroff?)" ;;
