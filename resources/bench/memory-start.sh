@@ -11,7 +11,9 @@
 #
 # Usage: resources/bench/memory-start.sh [--sizes "512M 2G 4G"] [--rounds N] [--release]
 #                                         [--ch PATH] [--prefault] [--rig-mem SIZE] [--rig-cpus N]
+#                                         [--ram "anon huge"] [--table-from LOG]
 #   --sizes "..."  guest sizes (default "512M 2G")
+#   --ram "..."    backings: anon (private anonymous) and/or huge (hugetlbfs); default both
 #   --rounds N     runs of each configuration, keeping the best (default 1)
 #   --release      the release build of viaduct (default: debug, as the tests use)
 #   --ch PATH      also run this cloud-hypervisor binary (built by you; see docs/memory.md)
@@ -21,13 +23,17 @@
 #                  hugepage pool and an anonymous guest side by side)
 #   --rig-cpus N   the rig host's CPUs (default 2: viaduct's prefault threads; the guest and
 #                  QEMU's guest have 1 vCPU either way)
+#   --table-from LOG  no rig run: print the table of an earlier run's serial log (one that
+#                  failed part-way, say), with the same --sizes, --ram, --ch and --prefault
+# If the rig run fails part-way (docs/rig.md: a rig host that stalls), the table still shows
+# what was measured, "-" for the rest, and the script exits non-zero.
 # The emulated VT-d gets 48 address bits (cloud-hypervisor does not start with a device at the
 # default 39). Files and the serial log are kept in target/rig/bench-memory-start/.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/../rig/lib.sh"
 
-SIZES="512M 2G" ROUNDS=1 PROFILE=debug CH="" PREFAULT=0 RIG_MEM="" RIG_CPUS=2
+SIZES="512M 2G" ROUNDS=1 PROFILE=debug CH="" PREFAULT=0 RIG_MEM="" RIG_CPUS=2 RAMS="anon huge" FROM=""
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--sizes) SIZES=${2:?}; shift 2 ;;
@@ -37,12 +43,16 @@ while [[ $# -gt 0 ]]; do
 	--prefault) PREFAULT=1; shift ;;
 	--rig-mem) RIG_MEM=${2:?}; shift 2 ;;
 	--rig-cpus) RIG_CPUS=${2:?}; shift 2 ;;
-	-h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	--ram) RAMS=${2:?}; shift 2 ;;
+	--table-from) FROM=${2:?}; shift 2 ;;
+	-h | --help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) rig_die "memory-start.sh: unknown argument '$1' (try --help)" ;;
 	esac
 done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || rig_die "--rounds wants a whole number"
 [[ $RIG_CPUS =~ ^[1-9][0-9]*$ ]] || rig_die "--rig-cpus wants a whole number"
+for mem in $RAMS; do [[ $mem == anon || $mem == huge ]] || rig_die "--ram takes anon and huge, not '$mem'"; done
+[[ -z $FROM || -f $FROM ]] || rig_die "--table-from $FROM: no such file"
 [[ -z $CH || -x $CH ]] || rig_die "--ch $CH is not an executable"
 mib() { # 512M / 2G -> MiB
 	case $1 in
@@ -57,96 +67,100 @@ RIG_MEM=${RIG_MEM:-$((2 * MAX + 2048))M}
 
 QEMU_BIN=$(command -v qemu-system-x86_64) || rig_die "qemu-system-x86_64 not found (run resources/rig/fetch.sh)"
 cd "$REPO_DIR"
-rig_log "building viaduct ($PROFILE)"
-if [[ $PROFILE == release ]]; then cargo build -q --release --bin viaduct; else cargo build -q --bin viaduct; fi
-VIADUCT=$REPO_DIR/target/$PROFILE/viaduct
-
 OUT=$REPO_DIR/target/rig/bench-memory-start
-rm -rf "$OUT"
-mkdir -p "$OUT"
-truncate -s 64M "$OUT/nvme.img"
-BDF=0000:00:10.0
-DEV=/sys/bus/pci/devices/$BDF/
-CMDLINE="console=ttyS0 quiet viaduct_action=poweroff"
+SERIAL=${FROM:-$OUT/serial.log}
+RIG_OK=1 WALL="-"
+if [[ -z $FROM ]]; then
+	rig_log "building viaduct ($PROFILE)"
+	if [[ $PROFILE == release ]]; then cargo build -q --release --bin viaduct; else cargo build -q --bin viaduct; fi
+	VIADUCT=$REPO_DIR/target/$PROFILE/viaduct
 
-# One timed run: label, then the command. Prints RIG-BENCH-{START,INIT,END} with uptimes.
-# shellcheck disable=SC2016 # expanded in the rig host
-{
-	cat <<-'EOF'
-		timed() {
-			label=$1; shift
-			echo "RIG-BENCH-START=$label uptime=$(cut -d' ' -f1 /proc/uptime)"
-			timeout -s KILL 300 "$@" 2>&1 | while IFS= read -r line; do
-				case $line in
-				*GUEST-KERNEL=*) echo "RIG-BENCH-INIT=$label uptime=$(cut -d' ' -f1 /proc/uptime)" ;;
-				*"DMA-mapped"*"GiB of guest RAM in"*|*prefaulted*|*"devices attached"*|*"entering the kernel"*)
-					echo "BENCH-DETAIL| $label: ${line#*INFO  }" ;;
-				*rror*) echo "BENCH-LOG| $label: $line" ;;
-				esac
-			done
-			echo "RIG-BENCH-END=$label uptime=$(cut -d' ' -f1 /proc/uptime)"
-		}
-	EOF
-	echo "rig-vfio-bind $BDF || exit 1"
-	echo "echo $(((MAX + 64) / 2)) > /proc/sys/vm/nr_hugepages"
-	echo "mkdir -p /dev/hugepages && mount -t hugetlbfs none /dev/hugepages"
-	echo 'echo "RIG-HUGEPAGES=$(awk '"'"'/^HugePages_Total/ { print $2 }'"'"' /proc/meminfo)"'
-	for round in $(seq "$ROUNDS"); do
-		for size in $SIZES; do
-			m=$(mib "$size")
-			G="--kernel /guest/vmlinux --initramfs /guest/initramfs.cpio.gz --cmdline \"$CMDLINE\" --cpus boot=1 --serial tty --console off"
-			Q="$QEMU_BIN -accel kvm -M q35 -cpu host -smp 1 -L /fw -display none -vga none -monitor none -serial stdio -no-reboot -nic none -kernel /guest/vmlinux -initrd /guest/initramfs.cpio.gz -append \"$CMDLINE\""
-			for mem in anon huge; do
-				vm="size=$size" qm="-m $m"
-				if [[ $mem == huge ]]; then
-					vm="size=$size,hugepages=on"
-					qm="-m $m -object memory-backend-file,id=ram,size=${m}M,mem-path=/dev/hugepages,share=on,prealloc=off -machine memory-backend=ram"
-				fi
-				runs=("timed viaduct-$mem-$size-dev viaduct -v $G --memory $vm --device path=$DEV"
-					"timed viaduct-$mem-$size-nodev viaduct -v $G --memory $vm")
-				if [[ $PREFAULT == 1 ]]; then
-					runs+=("timed viaduct-prefault-$mem-$size-dev viaduct -v $G --memory $vm,prefault=on --device path=$DEV"
-						"timed viaduct-noprefault-$mem-$size-dev viaduct -v $G --memory $vm,prefault=off --device path=$DEV")
-				fi
-				runs+=("timed qemu-$mem-$size-dev $Q $qm -device vfio-pci,host=$BDF"
-					"timed qemu-$mem-$size-nodev $Q $qm")
-				if [[ -n $CH ]]; then
-					runs+=("timed ch-$mem-$size-dev cloud-hypervisor $G --memory $vm --device path=$DEV"
-						"timed ch-$mem-$size-nodev cloud-hypervisor $G --memory $vm")
-				fi
-				# Each round starts with another VMM: the first run after a change of size pays
-				# for memory the rig host has not used yet, and no VMM should always be the one.
-				n=${#runs[@]}
-				for i in $(seq 0 $((n - 1))); do
-					echo "${runs[$(((i + 2 * (round - 1)) % n))]}"
+	rm -rf "$OUT"
+	mkdir -p "$OUT"
+	truncate -s 64M "$OUT/nvme.img"
+	BDF=0000:00:10.0
+	DEV=/sys/bus/pci/devices/$BDF/
+	CMDLINE="console=ttyS0 quiet viaduct_action=poweroff"
+
+	# One timed run: label, then the command. Prints RIG-BENCH-{START,INIT,END} with uptimes.
+	# shellcheck disable=SC2016 # expanded in the rig host
+	{
+		cat <<-'EOF'
+			timed() {
+				label=$1; shift
+				echo "RIG-BENCH-START=$label uptime=$(cut -d' ' -f1 /proc/uptime)"
+				timeout -s KILL 300 "$@" 2>&1 | while IFS= read -r line; do
+					case $line in
+					*GUEST-KERNEL=*) echo "RIG-BENCH-INIT=$label uptime=$(cut -d' ' -f1 /proc/uptime)" ;;
+					*"DMA-mapped"*"GiB of guest RAM in"*|*prefaulted*|*"devices attached"*|*"entering the kernel"*)
+						echo "BENCH-DETAIL| $label: ${line#*INFO  }" ;;
+					*rror*) echo "BENCH-LOG| $label: $line" ;;
+					esac
+				done
+				echo "RIG-BENCH-END=$label uptime=$(cut -d' ' -f1 /proc/uptime)"
+			}
+		EOF
+		echo "rig-vfio-bind $BDF || exit 1"
+		echo "echo $(((MAX + 64) / 2)) > /proc/sys/vm/nr_hugepages"
+		echo "mkdir -p /dev/hugepages && mount -t hugetlbfs none /dev/hugepages"
+		echo 'echo "RIG-HUGEPAGES=$(awk '"'"'/^HugePages_Total/ { print $2 }'"'"' /proc/meminfo)"'
+		for round in $(seq "$ROUNDS"); do
+			for size in $SIZES; do
+				m=$(mib "$size")
+				G="--kernel /guest/vmlinux --initramfs /guest/initramfs.cpio.gz --cmdline \"$CMDLINE\" --cpus boot=1 --serial tty --console off"
+				Q="$QEMU_BIN -accel kvm -M q35 -cpu host -smp 1 -L /fw -display none -vga none -monitor none -serial stdio -no-reboot -nic none -kernel /guest/vmlinux -initrd /guest/initramfs.cpio.gz -append \"$CMDLINE\""
+				for mem in $RAMS; do
+					vm="size=$size" qm="-m $m"
+					if [[ $mem == huge ]]; then
+						vm="size=$size,hugepages=on"
+						qm="-m $m -object memory-backend-file,id=ram,size=${m}M,mem-path=/dev/hugepages,share=on,prealloc=off -machine memory-backend=ram"
+					fi
+					runs=("timed viaduct-$mem-$size-dev viaduct -v $G --memory $vm --device path=$DEV"
+						"timed viaduct-$mem-$size-nodev viaduct -v $G --memory $vm")
+					if [[ $PREFAULT == 1 ]]; then
+						runs+=("timed viaduct-prefault-$mem-$size-dev viaduct -v $G --memory $vm,prefault=on --device path=$DEV"
+							"timed viaduct-noprefault-$mem-$size-dev viaduct -v $G --memory $vm,prefault=off --device path=$DEV")
+					fi
+					runs+=("timed qemu-$mem-$size-dev $Q $qm -device vfio-pci,host=$BDF"
+						"timed qemu-$mem-$size-nodev $Q $qm")
+					if [[ -n $CH ]]; then
+						runs+=("timed ch-$mem-$size-dev cloud-hypervisor $G --memory $vm --device path=$DEV"
+							"timed ch-$mem-$size-nodev cloud-hypervisor $G --memory $vm")
+					fi
+					# Each round starts with another VMM: the first run after a change of size pays
+					# for memory the rig host has not used yet, and no VMM should always be the one.
+					n=${#runs[@]}
+					for i in $(seq 0 $((n - 1))); do
+						echo "${runs[$(((i + 2 * (round - 1)) % n))]}"
+					done
 				done
 			done
 		done
-	done
-} >"$OUT/scenario.sh"
+	} >"$OUT/scenario.sh"
 
-firmware() {
-	local name=$1 dir
-	for dir in /usr/share/qemu /usr/share/seabios; do
-		[[ -f $dir/$name ]] && { printf '%s=/fw/%s\n' "$dir/$name" "$name"; return; }
-	done
-	rig_die "QEMU firmware $name not found"
-}
-extra=()
-[[ -z $CH ]] || extra=(--binary "$CH=/usr/bin/cloud-hypervisor")
-START=$SECONDS
-VIADUCT_RIG_SMP=$RIG_CPUS VIADUCT_RIG_MEM=$RIG_MEM VIADUCT_RIG_IOMMU=aw-bits=48 "$RIG_DIR/run.sh" --viaduct "$VIADUCT" \
-	--binary "$QEMU_BIN=/usr/bin/qemu-system-x86_64" "${extra[@]}" \
-	--scenario "$OUT/scenario.sh" --log "$OUT/serial.log" --timeout 5400 --stall 300 \
-	--file "$(firmware bios-256k.bin)" --file "$(firmware kvmvapic.bin)" \
-	--file "$(firmware linuxboot_dma.bin)" --file "$(firmware pvh.bin)" -- \
-	-drive "file=$OUT/nvme.img,if=none,id=nva,format=raw" \
-	-device nvme,drive=nva,serial=nva,bus=pcie.0,addr=0x10 >/dev/null
-WALL=$((SECONDS - START))
+	firmware() {
+		local name=$1 dir
+		for dir in /usr/share/qemu /usr/share/seabios; do
+			[[ -f $dir/$name ]] && { printf '%s=/fw/%s\n' "$dir/$name" "$name"; return; }
+		done
+		rig_die "QEMU firmware $name not found"
+	}
+	extra=()
+	[[ -z $CH ]] || extra=(--binary "$CH=/usr/bin/cloud-hypervisor")
+	START=$SECONDS
+	VIADUCT_RIG_SMP=$RIG_CPUS VIADUCT_RIG_MEM=$RIG_MEM VIADUCT_RIG_IOMMU=aw-bits=48 "$RIG_DIR/run.sh" --viaduct "$VIADUCT" \
+		--binary "$QEMU_BIN=/usr/bin/qemu-system-x86_64" "${extra[@]}" \
+		--scenario "$OUT/scenario.sh" --log "$OUT/serial.log" --timeout 5400 --stall 300 \
+		--file "$(firmware bios-256k.bin)" --file "$(firmware kvmvapic.bin)" \
+		--file "$(firmware linuxboot_dma.bin)" --file "$(firmware pvh.bin)" -- \
+		-drive "file=$OUT/nvme.img,if=none,id=nva,format=raw" \
+		-device nvme,drive=nva,serial=nva,bus=pcie.0,addr=0x10 >/dev/null || RIG_OK=0
+	WALL=$((SECONDS - START))
+fi
 
 # best LABEL WHAT: the best (smallest) exec->WHAT (INIT or END) time of LABEL, in seconds.
 best() {
-	tr -d '\r' <"$OUT/serial.log" | awk -v label="$1" -v what="$2" '
+	tr -d '\r' <"$SERIAL" | awk -v label="$1" -v what="$2" '
 		function up(line) { sub(/.*uptime=/, "", line); return line + 0 }
 		index($0, "RIG-BENCH-START=" label " ") { s = up($0) }
 		index($0, "RIG-BENCH-" what "=" label " ") { t = up($0) - s; if (b == "" || t < b) b = t }
@@ -162,7 +176,7 @@ echo "== exec -> guest init -> exit (s), PVH vmlinux, busybox guest, 1 vCPU, NVM
 printf '%-9s %-5s %-17s %8s %8s %8s %8s %10s\n' size ram vmm init exit "init*" "exit*" "pt-cost"
 printf '%-9s %-5s %-17s %8s %8s %8s %8s %10s\n' "" "" "" "(dev)" "(dev)" "(nodev)" "(nodev)" "(init)"
 for size in $SIZES; do
-	for mem in anon huge; do
+	for mem in $RAMS; do
 		for vmm in $vmms; do
 			label=$vmm-$mem-$size
 			nodev=$label-nodev
@@ -177,7 +191,7 @@ done
 echo
 echo "ratios (exec->exit with the device; passthrough start cost = init with - init without):"
 for size in $SIZES; do
-	for mem in anon huge; do
+	for mem in $RAMS; do
 		v=$(best "viaduct-$mem-$size-dev" END) q=$(best "qemu-$mem-$size-dev" END)
 		vc=$(minus "$(best "viaduct-$mem-$size-dev" INIT)" "$(best "viaduct-$mem-$size-nodev" INIT)")
 		qc=$(minus "$(best "qemu-$mem-$size-dev" INIT)" "$(best "qemu-$mem-$size-nodev" INIT)")
@@ -193,7 +207,11 @@ done
 echo "($PROFILE build, $(git -C "$REPO_DIR" describe --always --dirty); $("$QEMU_BIN" --version | head -n1))"
 echo
 echo "viaduct's own timings (-v), per run:"
-grep -a 'BENCH-DETAIL|' "$OUT/serial.log" | tr -d '\r' | sed 's/^.*BENCH-DETAIL| /  /' || true
-errors=$(grep -a 'BENCH-LOG|' "$OUT/serial.log" | tr -d '\r' || true)
+grep -a 'BENCH-DETAIL|' "$SERIAL" | tr -d '\r' | sed 's/^.*BENCH-DETAIL| /  /' || true
+errors=$(grep -a 'BENCH-LOG|' "$SERIAL" | tr -d '\r' || true)
 [[ -z $errors ]] || { echo "errors:"; echo "$errors"; }
-echo "serial log: $OUT/serial.log"
+echo "serial log: $SERIAL"
+if [[ $RIG_OK == 0 ]]; then
+	echo "the rig run failed part-way (see above and the log's RIG-STALL lines): \"-\" was not measured" >&2
+	exit 1
+fi
