@@ -70,7 +70,10 @@ pub struct Cli {
     /// with a fresh file in that directory (e.g. a hugetlbfs mount), mapped shared.
     /// `prefault=on` populates every page before the guest starts, with one thread per host CPU;
     /// not given, that is done just before the DMA mapping with --device for 1G or more of
-    /// private anonymous RAM on a host with more than one CPU, and `prefault=off` never does it.
+    /// private anonymous RAM when two or more CPUs are free to do it (at start: besides the
+    /// guest's boot vCPUs), and `prefault=off` never does it.
+    /// With --device, guest RAM is DMA-mapped while the guest boots; a device gets bus mastering
+    /// (DMA) once that is done.
     /// `thp=on|off` (default on) asks for transparent hugepages or refuses them.
     /// `mergeable=on` lets KSM merge identical pages; it cannot be used with --device (pinned
     /// pages do not merge). A size larger than the host's memory is refused at once.

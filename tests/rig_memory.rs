@@ -125,9 +125,10 @@ fn line_with(run: &RigRun, what: &str) -> usize {
 }
 
 /// A rig host with two CPUs: `prefault=on` RAM is resident before the guest's first
-/// instruction; with a passed-through NVMe and 1 GiB of private RAM, RAM is prefaulted (on both
-/// CPUs) before it is DMA-mapped though `prefault` was not given, and the guest's driver then
-/// reads and writes the disk through it; `prefault=off` turns that off.
+/// instruction; with a passed-through NVMe and 1 GiB of private RAM, RAM is DMA-mapped beside
+/// the booting guest, not prefaulted (its vCPU leaves one CPU), and the guest's driver then
+/// reads and writes the disk through it; `prefault=off` never prefaults. (The default prefault
+/// with CPUs to spare is proven by the hot-plug test in rig_hotplug.)
 #[test]
 fn prefaulted_ram_is_resident_before_the_guest_starts() {
     let test = "prefaulted_ram_is_resident_before_the_guest_starts";
@@ -181,36 +182,42 @@ fn prefaulted_ram_is_resident_before_the_guest_starts() {
         "VmRSS {rss} MiB, the guest has 512 MiB\n{context}"
     );
 
-    // Not given, with the device: prefaulted on two threads before the DMA map, then used.
+    // Not given, with the device: guest RAM is DMA-mapped on a thread of its own beside the
+    // booting guest (the pin of 1 GiB takes seconds here, the kernel is entered milliseconds
+    // after it starts), without a prefault (two CPUs, one for the guest's vCPU: the pin alone
+    // is as parallel), then used by the guest's driver, which got bus mastering only once
+    // guest RAM was mapped.
     let run = &runs[1];
     let context = run.context();
     let stderr = run.viaduct_stderr();
-    let prefaulted = line_with(run, "guest RAM prefaulted for DMA mapping: 1024 MiB");
+    let mapping = line_with(
+        run,
+        "DMA-mapping 1024 MiB of guest RAM on a thread of its own",
+    );
+    let entered = line_with(run, "entering the kernel");
+    let mapped = line_with(run, "beside the booting guest");
     assert!(
-        stderr[prefaulted].contains("with 2 thread(s)"),
+        stderr[mapped].contains("DMA-mapped 1.00 GiB of guest RAM in"),
         "{}\n{context}",
-        stderr[prefaulted]
+        stderr[mapped]
     );
     assert!(
-        prefaulted < line_with(run, "DMA-mapped")
-            && prefaulted < line_with(run, "entering the kernel"),
-        "prefaulted after the DMA map or the guest's start\n{context}"
+        mapping < entered && entered < mapped,
+        "not mapped beside the booting guest\n{context}"
     );
-    let rss = vmrss_mib(stderr[prefaulted])
-        .unwrap_or_else(|| panic!("no VmRSS in '{}'\n{context}", stderr[prefaulted]));
     assert!(
-        rss >= 1024,
-        "VmRSS {rss} MiB, the guest has 1 GiB\n{context}"
+        !stderr.iter().any(|l| l.contains("prefaulted")),
+        "prefaulted with one CPU to spare beside the guest\n{context}"
     );
     assert_eq!(
         run.guest("NVME-MARKER"),
         Some(disk.marker.as_str()),
-        "DMA into prefaulted RAM\n{context}"
+        "DMA into RAM mapped beside the guest\n{context}"
     );
     assert_eq!(
         disk.token_at(1),
         write,
-        "DMA out of prefaulted RAM\n{context}"
+        "DMA out of RAM mapped beside the guest\n{context}"
     );
 
     // prefault=off: the pin faults the pages in itself.

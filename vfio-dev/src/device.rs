@@ -6,6 +6,11 @@
 //! [`VfioPciDevice::mmap_areas`] from the device fd, and routes config accesses and trapped BAR
 //! accesses to the [`PciDevice`] methods. [`VfioPciDevice::shutdown`] (also run on drop) turns
 //! the device's interrupts off and returns every GSI.
+//!
+//! When guest RAM is still being DMA-mapped as the guest boots, a [`DmaReady`] gate holds the
+//! guest's first write that turns bus mastering on until the mapping is done: a PCI function
+//! cannot start a DMA (or an MSI) without bus mastering, so the device never reaches RAM that
+//! the IOMMU does not map yet.
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -88,9 +93,22 @@ pub enum DeviceError {
     },
 }
 
+/// Whether a device may be let loose on guest RAM yet: guest RAM is DMA-mapped on a thread of
+/// its own while the guest boots, and a device gets bus mastering only once that is done.
+pub trait DmaReady: Send + Sync {
+    /// Blocks until guest RAM is DMA-mapped. `Err` (why not) when it never will be; the device
+    /// then stays without bus mastering. `device` names the device that asks, for the log.
+    fn wait_for_dma(&self, device: &str) -> Result<(), String>;
+}
+
+/// The command register's Bus Master Enable bit.
+const COMMAND_BUS_MASTER: u8 = 1 << 2;
+
 /// A host VFIO PCI device as the guest sees it (see the module docs).
 pub struct VfioPciDevice {
     name: String,
+    /// Set while guest RAM may still be being DMA-mapped; cleared once it is.
+    dma_ready: Option<Arc<dyn DmaReady>>,
     access: Arc<dyn VfioDeviceAccess>,
     bars: Vec<HostBar>,
     config: VirtualConfig,
@@ -164,6 +182,7 @@ impl VfioPciDevice {
         }
         Ok(Self {
             name,
+            dma_ready: None,
             access,
             bars,
             config,
@@ -257,6 +276,12 @@ impl VfioPciDevice {
         self.access.device_fd()
     }
 
+    /// Holds the guest's first write that turns bus mastering on until `gate` says guest RAM is
+    /// DMA-mapped (see the module docs). Set before the guest sees the device.
+    pub fn set_dma_ready(&mut self, gate: Arc<dyn DmaReady>) {
+        self.dma_ready = Some(gate);
+    }
+
     /// Config offset of the GPUDirect clique capability, when one was added.
     pub fn clique_offset(&self) -> Option<u8> {
         self.clique_offset
@@ -306,8 +331,24 @@ impl PciDevice for VfioPciDevice {
     }
 
     fn write_config(&mut self, reg_idx: usize, offset: usize, data: &[u8]) -> ConfigWriteEffect {
+        let mut data = data.to_vec();
+        let command_low = reg_idx * 4 == reg::COMMAND && offset == 0;
+        if command_low && data.first().is_some_and(|b| b & COMMAND_BUS_MASTER != 0) {
+            if let Some(gate) = &self.dma_ready {
+                match gate.wait_for_dma(&self.name) {
+                    Ok(()) => self.dma_ready = None,
+                    Err(why) => {
+                        log::error!(
+                            "{}: bus mastering stays off, the device cannot DMA: {why}",
+                            self.name
+                        );
+                        data[0] &= !COMMAND_BUS_MASTER;
+                    }
+                }
+            }
+        }
         self.config
-            .write(reg_idx, offset, data, &mut self.irqs, &*self.access)
+            .write(reg_idx, offset, &data, &mut self.irqs, &*self.access)
     }
 
     fn bars(&self) -> Vec<BarSpec> {

@@ -131,6 +131,67 @@ fn identity_and_command_pass_through_to_the_device() {
     assert_eq!(fake.config_u32(0x04) & 0xffff, 0x0006);
 }
 
+/// A gate that says yes or no, and counts how often it was asked.
+struct Gate {
+    answer: Result<(), String>,
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+impl DmaReady for Gate {
+    fn wait_for_dma(&self, device: &str) -> Result<(), String> {
+        assert_eq!(device, "vfio test");
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.answer.clone()
+    }
+}
+
+fn gate(answer: Result<(), String>) -> Arc<Gate> {
+    Arc::new(Gate {
+        answer,
+        asked: Default::default(),
+    })
+}
+
+#[test]
+fn bus_mastering_waits_for_the_dma_map_once() {
+    let (fake, _, mut dev) = open(nvme_like(), None);
+    let g = gate(Ok(()));
+    dev.set_dma_ready(g.clone());
+    fake.take_calls();
+    // Memory decoding alone does not ask.
+    dev.write_config(1, 0, &[0x02, 0x00]);
+    assert_eq!(g.asked.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // Bus mastering asks, then passes through; later writes do not ask again.
+    dev.write_config(1, 0, &[0x06, 0x00, 0x00, 0x00]);
+    dev.write_config(1, 0, &[0x04]);
+    assert_eq!(g.asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        config_writes(&fake.take_calls()),
+        [
+            (4, vec![0x02, 0x00]),
+            (4, vec![0x06, 0x00, 0x00, 0x00]),
+            (4, vec![0x04])
+        ]
+    );
+    assert_eq!(fake.config_u32(0x04) & 0xffff, 0x0004);
+}
+
+#[test]
+fn bus_mastering_stays_off_when_guest_ram_is_not_mapped() {
+    let (fake, _, mut dev) = open(nvme_like(), None);
+    let g = gate(Err("the DMA map failed".into()));
+    dev.set_dma_ready(g.clone());
+    fake.take_calls();
+    dev.write_config(1, 0, &[0x06, 0x00]);
+    dev.write_config(1, 0, &[0x07]);
+    assert_eq!(g.asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(
+        config_writes(&fake.take_calls()),
+        [(4, vec![0x02, 0x00]), (4, vec![0x03])]
+    );
+    assert_eq!(fake.config_u32(0x04) & 0x04, 0);
+}
+
 /// Found by the pci_config_vfio fuzz target: a byte write to the vendor id reached the device,
 /// so the guest-visible identity depended on the kernel dropping it.
 #[test]

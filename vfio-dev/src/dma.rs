@@ -1,6 +1,7 @@
 //! DMA-mapping guest RAM into the VFIO container, so that passed-through devices can reach it:
 //! IOVA = guest physical address, read/write, one `VFIO_IOMMU_MAP_DMA` per contiguous region,
-//! before the guest runs.
+//! before any device may DMA (the VMM maps it while the guest boots, and holds bus mastering
+//! until it is done).
 //!
 //! The type1 IOMMU pins every mapped page and charges it to RLIMIT_MEMLOCK, so the limit is
 //! checked (and raised when the hard limit allows) before anything is mapped. Where the kernel
@@ -236,7 +237,7 @@ fn dma_error(op: &'static str, gpa: u64, size: u64, e: vfio_ioctls::VfioError) -
 
 impl VfioHost {
     /// Maps guest RAM for device DMA, IOVA = GPA, read/write: one `VFIO_IOMMU_MAP_DMA` per
-    /// region. Call after every device is opened and before the guest runs. Checks
+    /// region. Call after a device is opened and before any device may DMA. Checks
     /// RLIMIT_MEMLOCK (raising it when the hard limit allows) and the IOMMU's valid IOVA ranges
     /// first. On failure nothing mapped by this call stays mapped.
     ///
@@ -249,19 +250,9 @@ impl VfioHost {
         &self,
         regions: &[GuestRamRegion],
     ) -> Result<DmaStats, VfioError> {
-        if self.devices_opened.load(Ordering::SeqCst) == 0 {
-            return Err(VfioError::NoDevice);
-        }
-        let info = self.iommu_info();
-        if let Some(r) = &info.iova_ranges {
-            log::info!("VFIO: host IOMMU IOVA ranges: {}", format_ranges(r));
-        }
-        check_regions(regions, &info)?;
-
         let mut mappings = self.mappings.lock().unwrap_or_else(|e| e.into_inner());
-        let already: u64 = mappings.iter().map(|m| m.size).sum();
+        self.check_locked(regions, &mappings)?;
         let bytes: u64 = regions.iter().map(|r| r.size).sum();
-        ensure_memlock(already + bytes)?;
 
         let start = Instant::now();
         let mut done: Vec<DmaMapping> = Vec::with_capacity(regions.len());
@@ -299,6 +290,34 @@ impl VfioHost {
             stats.per_gib()
         );
         Ok(stats)
+    }
+
+    /// The checks [`Self::map_guest_memory`] makes before it pins anything: a device is open,
+    /// the regions are inside the IOMMU's IOVA ranges and aligned to its page size, and
+    /// RLIMIT_MEMLOCK allows pinning them (raised when the hard limit allows). For a caller that
+    /// maps on another thread while the guest boots, so these failures still stop the VM
+    /// before it starts.
+    pub fn check_guest_memory(&self, regions: &[GuestRamRegion]) -> Result<(), VfioError> {
+        let mappings = self.mappings.lock().unwrap_or_else(|e| e.into_inner());
+        self.check_locked(regions, &mappings)
+    }
+
+    fn check_locked(
+        &self,
+        regions: &[GuestRamRegion],
+        mappings: &[DmaMapping],
+    ) -> Result<(), VfioError> {
+        if self.devices_opened.load(Ordering::SeqCst) == 0 {
+            return Err(VfioError::NoDevice);
+        }
+        let info = self.iommu_info();
+        if let Some(r) = &info.iova_ranges {
+            log::debug!("VFIO: host IOMMU IOVA ranges: {}", format_ranges(r));
+        }
+        check_regions(regions, &info)?;
+        let already: u64 = mappings.iter().map(|m| m.size).sum();
+        let bytes: u64 = regions.iter().map(|r| r.size).sum();
+        ensure_memlock(already + bytes)
     }
 
     /// Unmaps `regions` (as given to [`Self::map_guest_memory`]; regions that are not mapped are

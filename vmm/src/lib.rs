@@ -150,6 +150,13 @@ pub enum Error {
     /// A vCPU stopped in a way the guest did not ask for.
     #[error("the VM failed")]
     VmFailure(#[source] VcpuFailure),
+    /// Guest RAM could not be DMA-mapped beside the booting guest, so the VM was stopped
+    /// (the passed-through devices never got bus mastering).
+    #[error(
+        "guest RAM could not be DMA-mapped for the passed-through devices, so the VM was \
+         stopped: {0}"
+    )]
+    GuestRamDma(String),
     /// The VM stopped and nobody said why (a bug).
     #[error("the VM stopped without a reason")]
     NoExitReason,
@@ -221,6 +228,8 @@ pub(crate) struct PciDevices {
 impl PciDevices {
     /// Detaches every device and releases the container (idempotent).
     fn release(&self) {
+        // A mapping of guest RAM still running ends first: it uses the container.
+        self.passthrough.finish_ram_map();
         self.manager.detach_all();
         self.passthrough.release();
     }
@@ -327,7 +336,12 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
         started.elapsed()
     );
     if config.memory.prefault == Some(true) {
-        let stats = memory::prefault(&ram.mem, ram.page_size, ram.hugetlb)?;
+        let stats = memory::prefault(
+            &ram.mem,
+            ram.page_size,
+            ram.hugetlb,
+            memory::available_cpus(),
+        )?;
         let (rss, hugetlb) = memory::resident_bytes();
         info!(
             "guest RAM prefaulted: {} MiB in {:?} with {} thread(s){}; VmRSS {} MiB, \
@@ -346,21 +360,12 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     }
     // `ram` itself stays alive to the end (it owns the host mappings behind `mem`).
     let mem = ram.mem.clone();
+    // A wrong --kernel stops viaduct here, before any device is opened; it is loaded later,
+    // while guest RAM is DMA-mapped.
+    arch::boot::probe_kernel(&config.kernel)?;
     let kvm = vm::open_kvm()?;
     let vm = Arc::new(vm::create_vm(&kvm)?);
     memory::register_memory(&vm, &mem)?;
-
-    let kernel = arch::boot::load_kernel(&mem, &config.kernel)?;
-    info!("kernel {}: {}", config.kernel.display(), kernel.image);
-    let initramfs = match &config.initramfs {
-        Some(path) => Some(arch::boot::load_initramfs(
-            &mem,
-            path,
-            &kernel,
-            config.memory_bytes,
-        )?),
-        None => None,
-    };
 
     let exit = ExitNotifier::new().map_err(Error::EventFd)?;
     let legacy = legacy::create_legacy_devices(&vm, &config.serial, &exit)?;
@@ -381,25 +386,32 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     // reach (known once the container has a device) decides where the 64-bit windows go.
     // Unless told, large private RAM is prefaulted in parallel just before the first DMA
     // mapping (the pin would fault it in on one thread).
-    let cpus = memory::available_cpus();
-    let prefault =
+    // At start the mapping runs beside the booting guest, with the CPUs its vCPUs leave; a
+    // device hot-plugged later may use them all.
+    let prefault_with = |cpus: usize| {
         memory::prefault_before_pin(&config.memory, config.memory_bytes, ram.hugetlb, cpus).then(
             || passthrough::PrefaultBeforeMap {
                 mem: mem.clone(),
                 page_size: ram.page_size,
+                threads: cpus,
             },
-        );
+        )
+    };
+    let cpus = memory::available_cpus();
     let passthrough = passthrough::Passthrough::new(
         vm.clone(),
         &mem,
         router.clone(),
         config.pci.vfio_p2p_dma,
-        prefault,
+        passthrough::Prefaults {
+            at_start: prefault_with(memory::cpus_beside_guest(cpus, config.boot_vcpus)),
+            hot_plug: prefault_with(cpus),
+        },
     );
     let opened = config
         .devices
         .iter()
-        .map(|d| passthrough.open(d))
+        .map(|d| passthrough.open_for_boot(d))
         .collect::<Result<Vec<_>, _>>()?;
     let mut demand: Vec<_> = opened.iter().flat_map(|o| o.demand()).collect();
     demand.extend(
@@ -496,6 +508,28 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     if !config.devices.is_empty() || !config.disks.is_empty() {
         info!("PCI devices attached, {:?} after start", started.elapsed());
     }
+    // Guest RAM is DMA-mapped beside the booting guest; bus mastering waits for it.
+    pci_devices.passthrough.start_ram_map(&filters, &exit)?;
+
+    // The kernel and initramfs go into guest RAM while that mapping runs (both fault its pages
+    // in; whichever comes first saves the other the work).
+    let loading = Instant::now();
+    let kernel = arch::boot::load_kernel(&mem, &config.kernel)?;
+    info!(
+        "kernel {}: {}, loaded in {:?}",
+        config.kernel.display(),
+        kernel.image,
+        loading.elapsed()
+    );
+    let initramfs = match &config.initramfs {
+        Some(path) => Some(arch::boot::load_initramfs(
+            &mem,
+            path,
+            &kernel,
+            config.memory_bytes,
+        )?),
+        None => None,
+    };
 
     let mut acpi = arch::acpi::AcpiConfig::new(config.boot_vcpus);
     acpi.serial = config.serial != config::SerialMode::Off;
@@ -615,6 +649,7 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
         server.stop();
         control
     });
+    let ram_map_failure = pci_devices.passthrough.take_ram_map_failure();
     pci_devices.release();
     drop(control);
     drop(hotplug);
@@ -625,6 +660,9 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
         started.elapsed()
     );
     loop_result?;
+    if let Some(why) = ram_map_failure {
+        return Err(Error::GuestRamDma(why));
+    }
 
     if let Some(name) = signals::received() {
         return Err(Error::Signal(name));

@@ -7,18 +7,25 @@
 //! DMA-mapped at their guest addresses for peer-to-peer, and the GPUDirect clique capability
 //! added once that is known to work.
 //!
-//! Cold-plugged devices are opened ([`Passthrough::open`]) before the PCI windows are laid out,
-//! so the layout can keep the 64-bit windows inside the host IOMMU's reach
-//! ([`Passthrough::iova_ranges`]); then they are attached ([`Passthrough::attach_opened`]).
+//! Cold-plugged devices are opened ([`Passthrough::open_for_boot`]) before the PCI windows are
+//! laid out, so the layout can keep the 64-bit windows inside the host IOMMU's reach
+//! ([`Passthrough::iova_ranges`]); then they are attached ([`Passthrough::attach_opened`]), and
+//! guest RAM is DMA-mapped on a thread of its own while the guest boots
+//! ([`Passthrough::start_ram_map`], see [`ram_dma`]). A device hot-plugged into a VM without
+//! one maps guest RAM before it is attached.
 //!
 //! Teardown order (see `vfio_dev::container`): the device manager detaches the devices first
 //! (peer mappings, memory slots, mmaps, interrupts, a reset, device fds), then
 //! [`Passthrough::release`] unmaps guest RAM and drops the container.
 
-use std::sync::{Arc, Mutex};
+mod ram_dma;
 
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use devices::exit::{ExitNotifier, ExitReason};
 use kvm_ioctls::VmFd;
-use log::{info, warn};
+use log::{error, info, warn};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use pci::bar::BarSpec;
@@ -44,24 +51,40 @@ pub struct Passthrough {
     router: Arc<dyn InterruptRouter>,
     ram: Vec<GuestRamRegion>,
     peer_to_peer: bool,
-    prefault: Option<PrefaultBeforeMap>,
+    prefaults: Prefaults,
     state: Mutex<State>,
 }
 
 /// Guest RAM to prefault in parallel just before it is first DMA-mapped (when
 /// `memory::prefault_before_pin` says so), so the pin finds every page present instead of
 /// faulting and zeroing them on one thread.
+#[derive(Clone)]
 pub struct PrefaultBeforeMap {
     /// The guest's RAM.
     pub mem: GuestMemoryMmap,
     /// Its page size.
     pub page_size: u64,
+    /// How many threads may do it.
+    pub threads: usize,
+}
+
+/// When guest RAM is prefaulted before its DMA mapping: at start (beside the booting guest) and
+/// when a first device is hot-plugged into a VM without one.
+pub struct Prefaults {
+    /// At start.
+    pub at_start: Option<PrefaultBeforeMap>,
+    /// At the first hot-plug.
+    pub hot_plug: Option<PrefaultBeforeMap>,
 }
 
 #[derive(Default)]
 struct State {
     host: Option<Arc<VfioHost>>,
     ram_mapped: bool,
+    /// Guest RAM's mapping beside the booting guest, until it has ended.
+    ram_map: Option<Arc<ram_dma::RamDmaMap>>,
+    /// Why that mapping failed, until the VM's end reports it.
+    ram_map_failure: Option<String>,
     attached: Vec<String>,
 }
 
@@ -89,11 +112,11 @@ impl OpenedPassthrough {
 /// Prefaults `p` for the DMA mapping that follows. A failure only costs time (the pin faults
 /// the pages itself), so it is a warning.
 fn prefault_before_map(p: &PrefaultBeforeMap) {
-    match crate::memory::prefault(&p.mem, p.page_size, false) {
+    match crate::memory::prefault(&p.mem, p.page_size, false, p.threads) {
         Ok(stats) => info!(
             "guest RAM prefaulted for DMA mapping: {} MiB in {:?} with {} thread(s){}; VmRSS \
-             {} MiB (passthrough with {} GiB or more of private memory and more than one CPU; \
-             prefault=off skips this)",
+             {} MiB (passthrough with {} GiB or more of private memory and CPUs to share it \
+             out; prefault=off skips this)",
             stats.bytes >> 20,
             stats.elapsed,
             stats.threads,
@@ -113,6 +136,20 @@ fn prefault_before_map(p: &PrefaultBeforeMap) {
     }
 }
 
+/// Ends a mapping beside the guest, if one was started: waits for its thread and records how
+/// it went (a mapping created but never started ends failed, with nothing mapped).
+fn settle_ram_map(state: &mut State) {
+    let Some(map) = state.ram_map.take() else {
+        return;
+    };
+    match map.finish() {
+        Ok(()) => state.ram_mapped = true,
+        Err(why) => {
+            state.ram_map_failure.get_or_insert(why);
+        }
+    }
+}
+
 fn build_error(device: &str, source: impl Into<BuildError>) -> AttachError {
     AttachError::Build {
         device: device.to_string(),
@@ -122,7 +159,7 @@ fn build_error(device: &str, source: impl Into<BuildError>) -> AttachError {
 
 impl Passthrough {
     /// No container yet: it is created with the first device, so a VM without `--device`
-    /// needs no VFIO at all. `peer_to_peer` is `--platform vfio_p2p_dma`; `prefault`, RAM to
+    /// needs no VFIO at all. `peer_to_peer` is `--platform vfio_p2p_dma`; `prefaults`, RAM to
     /// prefault before the first DMA mapping (at start or, for a first device hot-plugged,
     /// then).
     pub fn new(
@@ -130,7 +167,7 @@ impl Passthrough {
         mem: &GuestMemoryMmap,
         router: Arc<dyn InterruptRouter>,
         peer_to_peer: bool,
-        prefault: Option<PrefaultBeforeMap>,
+        prefaults: Prefaults,
     ) -> Self {
         let ram = mem
             .iter()
@@ -145,7 +182,7 @@ impl Passthrough {
             router,
             ram,
             peer_to_peer,
-            prefault,
+            prefaults,
             state: Mutex::new(State::default()),
         }
     }
@@ -157,8 +194,26 @@ impl Passthrough {
     /// Opens the host device of `cfg` into the container (creating it, and DMA-mapping guest
     /// RAM, with the first device) and sizes its BARs.
     pub fn open(&self, cfg: &PassthroughDeviceConfig) -> Result<OpenedPassthrough, AttachError> {
+        self.open_device(cfg, false)
+    }
+
+    /// Opens a cold-plugged device like [`Passthrough::open`], but leaves guest RAM to be
+    /// DMA-mapped by [`Passthrough::start_ram_map`] while the guest boots.
+    pub fn open_for_boot(
+        &self,
+        cfg: &PassthroughDeviceConfig,
+    ) -> Result<OpenedPassthrough, AttachError> {
+        self.open_device(cfg, true)
+    }
+
+    fn open_device(
+        &self,
+        cfg: &PassthroughDeviceConfig,
+        for_boot: bool,
+    ) -> Result<OpenedPassthrough, AttachError> {
         let path = cfg.path.display().to_string();
         let mut state = self.state();
+        settle_ram_map(&mut state);
         if state.host.is_none() {
             let host = VfioHost::new(&self.vm).map_err(|e| build_error(&path, e))?;
             state.host = Some(Arc::new(host));
@@ -171,8 +226,12 @@ impl Passthrough {
         if let Ok(methods) = std::fs::read_to_string(device.path.join("reset_method")) {
             info!("{id}: the kernel resets it with: {}", methods.trim());
         }
-        if !state.ram_mapped {
-            if let Some(p) = &self.prefault {
+        if for_boot {
+            if !state.ram_mapped && state.ram_map.is_none() {
+                state.ram_map = Some(Arc::new(ram_dma::RamDmaMap::new()));
+            }
+        } else if !state.ram_mapped {
+            if let Some(p) = &self.prefaults.hot_plug {
                 prefault_before_map(p);
             }
             // SAFETY: the regions are the VM's guest RAM; it stays mapped until after the VM
@@ -245,6 +304,13 @@ impl Passthrough {
             Ok(f.0)
         })?;
         let device = built.expect("attach succeeded, so the device was built");
+        if let Some(map) = &self.state().ram_map {
+            // Cold plug: the guest has not run yet, so it sees the device only with the gate.
+            device
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_dma_ready(map.gate());
+        }
         match &info.peer_dma {
             Some(Ok(())) => info!("{id}: its BARs are DMA-mapped for peer-to-peer"),
             Some(Err(e)) => warn!(
@@ -278,10 +344,92 @@ impl Passthrough {
         Ok(info)
     }
 
+    /// Starts DMA-mapping guest RAM on a thread of its own (prefaulting it first when
+    /// [`crate::memory::prefault_before_pin`] says so), when cold-plugged devices were opened
+    /// with [`Passthrough::open_for_boot`]. Call after they are attached and before the guest
+    /// starts. What can be checked before pinning (IOVA ranges, RLIMIT_MEMLOCK) is checked here;
+    /// a later failure is logged, stops the VM through `exit`, and is reported by
+    /// [`Passthrough::take_ram_map_failure`]. The thread runs with the VMM thread's seccomp
+    /// filter.
+    pub fn start_ram_map(
+        &self,
+        filters: &crate::seccomp::Filters,
+        exit: &ExitNotifier,
+    ) -> Result<(), AttachError> {
+        let state = self.state();
+        let (Some(map), Some(host)) = (state.ram_map.clone(), state.host.clone()) else {
+            return Ok(());
+        };
+        drop(state);
+        host.check_guest_memory(&self.ram)
+            .map_err(|e| build_error("guest RAM", e))?;
+        let bytes: u64 = self.ram.iter().map(|r| r.size).sum();
+        info!(
+            "DMA-mapping {} MiB of guest RAM on a thread of its own while the guest boots; \
+             passed-through devices get bus mastering once it is mapped",
+            bytes >> 20
+        );
+        let ram = self.ram.clone();
+        let prefault = self.prefaults.at_start.clone();
+        let (filters, exit) = (filters.clone(), exit.clone());
+        let started = Instant::now();
+        let map_ram = move || {
+            let result = filters
+                .apply(crate::seccomp::ThreadKind::Vmm)
+                .map_err(|e| crate::error_chain(&e))
+                .and_then(|()| {
+                    if let Some(p) = &prefault {
+                        prefault_before_map(p);
+                    }
+                    // SAFETY: the regions are the VM's guest RAM; it stays mapped until after
+                    // the VM and this container are gone (`release` waits for this thread,
+                    // then unmaps it), and the VMM touches it only through volatile accesses.
+                    unsafe { host.map_guest_memory(&ram) }.map_err(|e| crate::error_chain(&e))
+                });
+            match &result {
+                Ok(stats) => info!(
+                    "DMA-mapped {:.2} GiB of guest RAM in {:?} ({:.1} ms per GiB) beside the \
+                     booting guest, {:?} after it started; {}",
+                    stats.bytes as f64 / (1u64 << 30) as f64,
+                    stats.elapsed,
+                    stats.per_gib().as_secs_f64() * 1000.0,
+                    started.elapsed(),
+                    crate::memory::huge_backing_summary()
+                ),
+                Err(why) => {
+                    error!(
+                        "guest RAM could not be DMA-mapped for the passed-through devices: \
+                         {why}; stopping the VM"
+                    );
+                    exit.notify(ExitReason::Failure);
+                }
+            }
+            result.map(|_| ())
+        };
+        map.start(map_ram).map_err(|e| AttachError::Build {
+            device: "guest RAM".to_string(),
+            source: BuildError::Thread(e),
+        })
+    }
+
+    /// Waits for guest RAM's mapping beside the guest ([`Passthrough::start_ram_map`]) to end.
+    /// Teardown calls it before anything is detached.
+    pub fn finish_ram_map(&self) {
+        settle_ram_map(&mut self.state());
+    }
+
+    /// Why guest RAM's mapping beside the guest failed, if it did (once).
+    pub fn take_ram_map_failure(&self) -> Option<String> {
+        let mut state = self.state();
+        settle_ram_map(&mut state);
+        state.ram_map_failure.take()
+    }
+
     /// Unmaps guest RAM from the IOMMU and closes the container. Call after the device manager
     /// detached every device.
     pub fn release(&self) {
         let mut state = self.state();
+        settle_ram_map(&mut state);
         if !state.attached.is_empty() {
             info!("releasing {} passthrough device(s)", state.attached.len());
         }

@@ -65,6 +65,37 @@ pub struct InitramfsPlacement {
     pub size: u64,
 }
 
+/// ELF's magic, and the class byte of a 64-bit ELF.
+const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
+const ELF_CLASS_64: u8 = 2;
+/// Where a bzImage's setup header says "HdrS".
+const BZIMAGE_MAGIC_AT: usize = 0x202;
+
+/// Checks, from its first bytes only, that `path` looks like a kernel [`load_kernel`] can load
+/// (a 64-bit ELF, or a bzImage's setup header), so a wrong `--kernel` stops the VMM before
+/// anything else is set up; the load itself may still refuse it later, with the full reason.
+pub fn probe_kernel(path: &Path) -> Result<(), BootError> {
+    let read_err = |source| BootError::KernelRead {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut head = Vec::with_capacity(BZIMAGE_MAGIC_AT + 4);
+    File::open(path)
+        .map_err(read_err)?
+        .take((BZIMAGE_MAGIC_AT + 4) as u64)
+        .read_to_end(&mut head)
+        .map_err(read_err)?;
+    let elf64 = head.starts_with(ELF_MAGIC) && head.get(4) == Some(&ELF_CLASS_64);
+    let bzimage = head.get(BZIMAGE_MAGIC_AT..BZIMAGE_MAGIC_AT + 4) == Some(b"HdrS".as_slice());
+    if elf64 || bzimage {
+        Ok(())
+    } else {
+        Err(BootError::KernelUnrecognized {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
 /// Loads the kernel at `path`: tries ELF first (for the PVH note), then bzImage.
 pub fn load_kernel<M: GuestMemoryBackend>(mem: &M, path: &Path) -> Result<LoadedKernel, BootError> {
     let read_err = |source| BootError::KernelRead {
@@ -208,6 +239,32 @@ mod tests {
     }
 
     #[test]
+    fn kernel_headers_pass_the_probe() {
+        let dir = std::env::temp_dir().join(format!("viaduct-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("k");
+        let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
+        elf.resize(64, 0);
+        std::fs::write(&path, &elf).unwrap();
+        assert!(probe_kernel(&path).is_ok());
+        elf[4] = 1; // a 32-bit ELF
+        std::fs::write(&path, &elf).unwrap();
+        assert!(probe_kernel(&path).is_err());
+        let mut bz = vec![0u8; 0x300];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        std::fs::write(&path, &bz).unwrap();
+        assert!(probe_kernel(&path).is_ok());
+        std::fs::write(&path, b"HdrS").unwrap(); // too short to have a setup header
+        assert!(probe_kernel(&path).is_err());
+        let missing = dir.join("missing");
+        assert!(matches!(
+            probe_kernel(&missing),
+            Err(BootError::KernelRead { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn garbage_is_not_a_kernel() {
         let mem =
             vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
@@ -215,6 +272,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("not-a-kernel");
         std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let err = probe_kernel(&path).unwrap_err();
+        assert!(matches!(err, BootError::KernelUnrecognized { .. }), "{err}");
+        assert!(err.to_string().contains("not a bootable x86_64 kernel"));
         let err = load_kernel(&mem, &path).unwrap_err();
         assert!(matches!(err, BootError::KernelFormat { .. }), "{err}");
         assert!(err.to_string().contains("not a bootable x86_64 kernel"));

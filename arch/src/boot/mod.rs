@@ -6,7 +6,9 @@ mod pvh;
 mod reset_vector;
 mod zero_page;
 
-pub use kernel::{load_initramfs, load_kernel, InitramfsPlacement, KernelImage, LoadedKernel};
+pub use kernel::{
+    load_initramfs, load_kernel, probe_kernel, InitramfsPlacement, KernelImage, LoadedKernel,
+};
 
 use std::path::PathBuf;
 use vm_memory::{GuestAddress, GuestMemoryBackend};
@@ -53,6 +55,15 @@ pub enum BootError {
         path: PathBuf,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// The kernel file starts like neither a 64-bit ELF nor a bzImage.
+    #[error(
+        "{path} is not a bootable x86_64 kernel: it starts like neither a 64-bit ELF vmlinux nor \
+         a bzImage (no 'HdrS' setup header at 0x202)"
+    )]
+    KernelUnrecognized {
+        /// The kernel path.
+        path: PathBuf,
     },
     /// The kernel is neither an ELF nor a bzImage that linux-loader accepts.
     #[error("{path} is not a bootable x86_64 kernel (tried ELF: {elf}; bzImage: {bzimage})")]

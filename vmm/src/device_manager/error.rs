@@ -37,6 +37,9 @@ pub enum BuildError {
     /// An eventfd could not be created or duplicated.
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    /// The thread that DMA-maps guest RAM while the guest boots could not be started.
+    #[error("cannot start the thread that DMA-maps guest RAM (is the process out of threads?)")]
+    Thread(#[source] std::io::Error),
 }
 
 /// Why a device could not be attached (or a BAR not mapped).

@@ -31,7 +31,9 @@ pub const BEFORE_PIN_MIN_BYTES: u64 = 1 << 30;
 /// it out. Only for private anonymous 4 KiB-page RAM of at least [`BEFORE_PIN_MIN_BYTES`] and
 /// more than one CPU: hugepages pin fast already (a prefault pass made them slower), and so do
 /// small guests; shared or file-backed RAM was not measured. `prefault=on` prefaults at start
-/// regardless, `prefault=off` never.
+/// regardless, `prefault=off` never. At start the mapping runs beside the booting guest, so
+/// `cpus` is then what the guest's vCPUs leave ([`cpus_beside_guest`]): with one to spare, the
+/// pin alone is as parallel and makes one pass instead of two (measured, docs/memory.md).
 pub fn prefault_before_pin(
     backing: &MemoryBacking,
     bytes: u64,
@@ -44,6 +46,12 @@ pub fn prefault_before_pin(
         && backing.file.is_none()
         && bytes >= BEFORE_PIN_MIN_BYTES
         && cpus > 1
+}
+
+/// The CPUs left to prefault and DMA-map guest RAM while `vcpus` vCPUs boot the guest, out of
+/// `cpus`.
+pub fn cpus_beside_guest(cpus: usize, vcpus: u8) -> usize {
+    cpus.saturating_sub(usize::from(vcpus))
 }
 
 /// The CPUs this process may run on (its affinity mask and cgroup quota), at least 1: the
@@ -93,8 +101,8 @@ fn chunks(regions: &[(usize, u64)], page: u64, chunk: u64) -> Vec<Chunk> {
 
 /// Threads to use for `bytes` of RAM: one per CPU this process may run on, but no more than
 /// there are chunks.
-fn thread_count(work: usize) -> usize {
-    available_cpus().min(work).max(1)
+fn thread_count(work: usize, max_threads: usize) -> usize {
+    max_threads.min(work).max(1)
 }
 
 /// Faults in the pages of `c` for writing by adding 0 to one byte per page, atomically: the
@@ -114,15 +122,17 @@ fn touch(c: Chunk, page: u64) {
     }
 }
 
-/// Populates every page of `mem` (pages of `page` bytes; `hugetlb` for the messages).
+/// Populates every page of `mem` (pages of `page` bytes; `hugetlb` for the messages) on up to
+/// `max_threads` threads.
 pub fn prefault(
     mem: &GuestMemoryMmap,
     page: u64,
     hugetlb: bool,
+    max_threads: usize,
 ) -> Result<PrefaultStats, MemoryError> {
     let regions: Vec<(usize, u64)> = mem.iter().map(|r| (r.as_ptr() as usize, r.len())).collect();
     let work = chunks(&regions, page, CHUNK);
-    let threads = thread_count(work.len());
+    let threads = thread_count(work.len(), max_threads);
     let next = AtomicUsize::new(0);
     let no_populate = AtomicBool::new(false);
     let start = Instant::now();
@@ -194,6 +204,22 @@ mod tests {
         // Too small, one CPU, hugepages: the rig measured it slower, or it cannot help.
         assert!(!prefault_before_pin(&anon, 512 << 20, false, 2));
         assert!(!prefault_before_pin(&anon, 2 * gib, false, 1));
+        // Beside a booting guest, what its vCPUs leave counts: 2 CPUs and 1 vCPU leave one,
+        // and the pin alone is as parallel as that.
+        assert_eq!(cpus_beside_guest(2, 1), 1);
+        assert_eq!(cpus_beside_guest(4, 8), 0);
+        assert!(!prefault_before_pin(
+            &anon,
+            2 * gib,
+            false,
+            cpus_beside_guest(2, 1)
+        ));
+        assert!(prefault_before_pin(
+            &anon,
+            2 * gib,
+            false,
+            cpus_beside_guest(3, 1)
+        ));
         assert!(!prefault_before_pin(&anon, 2 * gib, true, 2));
         // Shared or file-backed RAM: not measured, left as asked.
         let shared = MemoryBacking {
@@ -272,7 +298,7 @@ mod tests {
     fn prefault_makes_guest_ram_resident() {
         let ram = super::super::backing::create(96 << 20, &MemoryBacking::default()).unwrap();
         let (before, _) = super::super::resident_bytes();
-        let stats = prefault(&ram.mem, ram.page_size, false).unwrap();
+        let stats = prefault(&ram.mem, ram.page_size, false, available_cpus()).unwrap();
         let (after, _) = super::super::resident_bytes();
         assert_eq!(stats.bytes, 96 << 20);
         assert!(stats.threads >= 1);
