@@ -8,7 +8,8 @@
 #   --scenario FILE   a shell script run by L2's busybox sh as /rig/scenario.sh
 #   --timeout SECS    kill QEMU after this long (default 600)
 #   --stall SECS      end the run when the serial log has not grown for this long (default:
-#                     never), first writing where the rig host's CPUs are (RIG-STALL lines)
+#                     never; the rig host kernel's own lines do not count), first writing
+#                     where the rig host's CPUs are (RIG-STALL lines)
 #   --log FILE        also write the serial log there (default: a file in a temporary directory,
 #                     kept when the run fails)
 #   --file SRC=DEST   put file SRC into L2 at path DEST (repeatable)
@@ -29,7 +30,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
-	sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 
@@ -130,11 +131,13 @@ QEMU=(
 )
 # --stall: a rig host that prints nothing for STALL seconds is stuck (a scenario's own bounds
 # print long before that), e.g. a CPU looping in its kernel, where no timeout inside it can
-# act. Its CPUs' registers go into the log, then QEMU is told to quit.
+# act. Its CPUs' registers go into the log, then QEMU is told to quit. The rig host kernel's
+# own lines ("[  12.3] ...": soft-lockup and RCU-stall reports repeat while it is stuck) are
+# not progress.
 watch_stall() {
 	local last=-1 size still=0
 	while sleep 5; do
-		size=$(stat -c %s "$LOG" 2>/dev/null || echo 0)
+		size=$(grep -cvE '^\[ *[0-9]+\.[0-9]+\]' "$LOG" 2>/dev/null || true)
 		if [[ $size != "$last" ]]; then
 			last=$size still=0
 			continue
