@@ -213,7 +213,11 @@ impl Passthrough {
     ) -> Result<OpenedPassthrough, AttachError> {
         let path = cfg.path.display().to_string();
         let mut state = self.state();
-        settle_ram_map(&mut state);
+        if !for_boot {
+            // A hot-plug waits for a mapping still running beside the guest (cold-plugged
+            // devices share the one not started yet).
+            settle_ram_map(&mut state);
+        }
         if state.host.is_none() {
             let host = VfioHost::new(&self.vm).map_err(|e| build_error(&path, e))?;
             state.host = Some(Arc::new(host));
