@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+mod stall;
+
 /// How long the whole rig run (QEMU boot of L2, the scenario, power-off) may take.
 /// `VIADUCT_RIG_TIMEOUT` overrides it.
 pub const RIG_TIMEOUT_SECS: u64 = 600;
@@ -32,6 +34,13 @@ pub const VIADUCT_TIMED_OUT: i32 = 137;
 
 /// Prefix of each line viaduct wrote to stderr, in scenarios built with [`viaduct_command`].
 pub const VIADUCT_STDERR_PREFIX: &str = "VIADUCT-STDERR| ";
+
+/// The harness's own files in a test's directory: the scenario, the rig host's serial log,
+/// run.sh's stderr, and the log of a run that stalled (module `stall`).
+const SCENARIO_FILE: &str = "scenario.sh";
+const LOG_FILE: &str = "serial.log";
+const STDERR_FILE: &str = "run.stderr";
+const STALLED_LOG_FILE: &str = "serial.stalled.log";
 
 /// One finished rig run: the rig host's serial log and where it is kept.
 pub struct RigRun {
@@ -79,61 +88,107 @@ pub fn run_rig_with_files(
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = rig_dir(test_name);
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-    let scenario_path = dir.join("scenario.sh");
-    let log_path = dir.join("serial.log");
-    let stderr_path = dir.join("run.stderr");
+    let scenario_path = dir.join(SCENARIO_FILE);
+    let log_path = dir.join(LOG_FILE);
+    let stderr_path = dir.join(STDERR_FILE);
     fs::write(&scenario_path, scenario).expect("write the scenario");
 
     let timeout = std::env::var("VIADUCT_RIG_TIMEOUT").unwrap_or(RIG_TIMEOUT_SECS.to_string());
-    let started = Instant::now();
+    let stall = timeout
+        .parse()
+        .ok()
+        .and_then(|secs| stall::stall_secs(scenario, secs));
+    // Only a watched run can be run again, so only then are the test's files kept.
+    let before_run = stall.map(|_| {
+        stall::FilesBeforeRun::take(
+            &dir,
+            &[SCENARIO_FILE, LOG_FILE, STDERR_FILE, STALLED_LOG_FILE],
+        )
+        .unwrap_or_else(|e| panic!("cannot copy the files of {}: {e}", dir.display()))
+    });
     let file_args: Vec<String> = files
         .iter()
         .flat_map(|(src, dest)| ["--file".to_string(), format!("{}={dest}", src.display())])
         .collect();
-    let status = Command::new("bash")
-        .arg(repo.join("resources/rig/run.sh"))
-        .arg("--viaduct")
-        .arg(env!("CARGO_BIN_EXE_viaduct"))
-        .arg("--scenario")
-        .arg(&scenario_path)
-        .arg("--log")
-        .arg(&log_path)
-        .arg("--timeout")
-        .arg(&timeout)
-        .args(&file_args)
-        .args(if qemu_args.is_empty() {
-            &[][..]
-        } else {
-            &["--"][..]
-        })
-        .args(qemu_args)
-        .stdin(Stdio::null())
-        // The serial log goes to `log_path`; the copy on stdout would only flood the test output.
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&stderr_path).expect("create run.stderr"))
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run resources/rig/run.sh: {e}"));
-    let seconds = started.elapsed().as_secs_f64();
+    let mut stalled_before = false;
+    loop {
+        let started = Instant::now();
+        let status = Command::new("bash")
+            .arg(repo.join("resources/rig/run.sh"))
+            .arg("--viaduct")
+            .arg(env!("CARGO_BIN_EXE_viaduct"))
+            .arg("--scenario")
+            .arg(&scenario_path)
+            .arg("--log")
+            .arg(&log_path)
+            .arg("--timeout")
+            .arg(&timeout)
+            .args(
+                stall
+                    .map(|secs| ["--stall".to_string(), secs.to_string()])
+                    .iter()
+                    .flatten(),
+            )
+            .args(&file_args)
+            .args(if qemu_args.is_empty() {
+                &[][..]
+            } else {
+                &["--"][..]
+            })
+            .args(qemu_args)
+            .stdin(Stdio::null())
+            // The serial log goes to `log_path`; the copy on stdout would only flood the test
+            // output.
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr_path).expect("create run.stderr"))
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run resources/rig/run.sh: {e}"));
+        let seconds = started.elapsed().as_secs_f64();
 
-    let raw = fs::read(&log_path).unwrap_or_default();
-    let run = RigRun {
-        log: String::from_utf8_lossy(&raw).into_owned(),
-        log_path,
-        seconds,
-    };
-    let rig_stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
-    eprintln!(
-        "[{test_name}] rig run took {seconds:.1}s; log: {}",
-        run.log_path.display()
-    );
-    if !status.success() {
+        let raw = fs::read(&log_path).unwrap_or_default();
+        let run = RigRun {
+            log: String::from_utf8_lossy(&raw).into_owned(),
+            log_path: log_path.clone(),
+            seconds,
+        };
+        let rig_stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
+        eprintln!(
+            "[{test_name}] rig run took {seconds:.1}s; log: {}",
+            run.log_path.display()
+        );
+        if status.success() {
+            return run;
+        }
+        if let (false, true, Some(before_run)) =
+            (stalled_before, stall::stalled(&run.log), &before_run)
+        {
+            // The emulator stopped the rig host (module `stall`): keep its log, put the test's
+            // files back and run the scenario once more.
+            let kept = dir.join(STALLED_LOG_FILE);
+            fs::rename(&log_path, &kept).expect("keep the stalled run's log");
+            before_run
+                .restore()
+                .unwrap_or_else(|e| panic!("cannot put back the files of {}: {e}", dir.display()));
+            eprintln!(
+                "[{test_name}] RIG-RERUN: the rig host stalled (its log stood still for {}s; its \
+                 CPUs are in the RIG-STALL lines of {}): running the scenario once more",
+                stall.unwrap_or_default(),
+                kept.display()
+            );
+            stalled_before = true;
+            continue;
+        }
         panic!(
-            "the rig failed for test {test_name} ({status}):\n{}\n{}",
+            "the rig failed for test {test_name} ({status}){}:\n{}\n{}",
+            if stalled_before {
+                format!(" in its second run, the first one stalled ({STALLED_LOG_FILE})")
+            } else {
+                String::new()
+            },
             rig_stderr.trim_end(),
             run.context()
         );
     }
-    run
 }
 
 /// `target/rig/<test_name>`: each test has its own directory, so tests can run at once.
