@@ -331,7 +331,6 @@ impl PciDevice for VfioPciDevice {
     }
 
     fn write_config(&mut self, reg_idx: usize, offset: usize, data: &[u8]) -> ConfigWriteEffect {
-        let mut data = data.to_vec();
         let command_low = reg_idx * 4 == reg::COMMAND && offset == 0;
         if command_low && data.first().is_some_and(|b| b & COMMAND_BUS_MASTER != 0) {
             if let Some(gate) = &self.dma_ready {
@@ -342,13 +341,22 @@ impl PciDevice for VfioPciDevice {
                             "{}: bus mastering stays off, the device cannot DMA: {why}",
                             self.name
                         );
-                        data[0] &= !COMMAND_BUS_MASTER;
+                        // Only this write is changed, so only it is copied.
+                        let mut refused = data.to_vec();
+                        refused[0] &= !COMMAND_BUS_MASTER;
+                        return self.config.write(
+                            reg_idx,
+                            offset,
+                            &refused,
+                            &mut self.irqs,
+                            &*self.access,
+                        );
                     }
                 }
             }
         }
         self.config
-            .write(reg_idx, offset, &data, &mut self.irqs, &*self.access)
+            .write(reg_idx, offset, data, &mut self.irqs, &*self.access)
     }
 
     fn bars(&self) -> Vec<BarSpec> {

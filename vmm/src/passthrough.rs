@@ -33,7 +33,7 @@ use pci::config_space::reg;
 use vfio_dev::access::{region, VfioDeviceAccess};
 use vfio_dev::container::{OpenedDevice, VfioHost};
 use vfio_dev::device::VfioPciDevice;
-use vfio_dev::dma::GuestRamRegion;
+use vfio_dev::dma::{DmaStats, GuestRamRegion};
 use vfio_dev::iommu_info::IovaRange;
 use vfio_dev::routing::InterruptRouter;
 
@@ -107,6 +107,18 @@ impl OpenedPassthrough {
             .clone()
             .unwrap_or_else(|| self.device.name.clone())
     }
+}
+
+/// The `-v` line for guest RAM DMA-mapped for the passed-through devices: how much, how fast,
+/// `when` (empty, or where the start was), and what backs it.
+fn log_ram_mapped(stats: &DmaStats, when: &str) {
+    info!(
+        "DMA-mapped {:.2} GiB of guest RAM in {:?} ({:.1} ms per GiB){when}; {}",
+        stats.bytes as f64 / (1u64 << 30) as f64,
+        stats.elapsed,
+        stats.per_gib().as_secs_f64() * 1000.0,
+        crate::memory::huge_backing_summary()
+    );
 }
 
 /// Prefaults `p` for the DMA mapping that follows. A failure only costs time (the pin faults
@@ -244,13 +256,7 @@ impl Passthrough {
             let stats =
                 unsafe { host.map_guest_memory(&self.ram) }.map_err(|e| build_error(&id, e))?;
             state.ram_mapped = true;
-            let gib = stats.bytes as f64 / (1u64 << 30) as f64;
-            info!(
-                "DMA-mapped {gib:.2} GiB of guest RAM in {:?} ({:.1} ms per GiB); {}",
-                stats.elapsed,
-                stats.per_gib().as_secs_f64() * 1000.0,
-                crate::memory::huge_backing_summary()
-            );
+            log_ram_mapped(&stats, "");
         }
         let bars = vfio_dev::device::probe_bars(&id, device.device.as_ref())
             .map_err(|e| build_error(&id, e))?;
@@ -391,14 +397,12 @@ impl Passthrough {
                     unsafe { host.map_guest_memory(&ram) }.map_err(|e| crate::error_chain(&e))
                 });
             match &result {
-                Ok(stats) => info!(
-                    "DMA-mapped {:.2} GiB of guest RAM in {:?} ({:.1} ms per GiB) beside the \
-                     booting guest, {:?} after it started; {}",
-                    stats.bytes as f64 / (1u64 << 30) as f64,
-                    stats.elapsed,
-                    stats.per_gib().as_secs_f64() * 1000.0,
-                    started.elapsed(),
-                    crate::memory::huge_backing_summary()
+                Ok(stats) => log_ram_mapped(
+                    stats,
+                    &format!(
+                        " beside the booting guest, {:?} after it started",
+                        started.elapsed()
+                    ),
                 ),
                 Err(why) => {
                     error!(
