@@ -99,12 +99,13 @@ pub fn run_rig_with_files(
         .ok()
         .and_then(|secs| stall::stall_secs(scenario, secs));
     // Only a watched run can be run again, so only then are the test's files kept.
-    let before_run = stall.map(|_| {
-        stall::FilesBeforeRun::take(
+    let watch = stall.map(|secs| {
+        let files = stall::FilesBeforeRun::take(
             &dir,
             &[SCENARIO_FILE, LOG_FILE, STDERR_FILE, STALLED_LOG_FILE],
         )
-        .unwrap_or_else(|e| panic!("cannot copy the files of {}: {e}", dir.display()))
+        .unwrap_or_else(|e| panic!("cannot copy the files of {}: {e}", dir.display()));
+        (secs, files)
     });
     let file_args: Vec<String> = files
         .iter()
@@ -154,29 +155,29 @@ pub fn run_rig_with_files(
         let rig_stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
         eprintln!(
             "[{test_name}] rig run took {seconds:.1}s; log: {}",
-            run.log_path.display()
+            log_path.display()
         );
         if status.success() {
             return run;
         }
-        if let (false, true, Some(before_run)) =
-            (stalled_before, stall::stalled(&run.log), &before_run)
-        {
-            // The emulator stopped the rig host (module `stall`): keep its log, put the test's
-            // files back and run the scenario once more.
-            let kept = dir.join(STALLED_LOG_FILE);
-            fs::rename(&log_path, &kept).expect("keep the stalled run's log");
-            before_run
-                .restore()
-                .unwrap_or_else(|e| panic!("cannot put back the files of {}: {e}", dir.display()));
-            eprintln!(
-                "[{test_name}] RIG-RERUN: the rig host stalled (its log stood still for {}s; its \
-                 CPUs are in the RIG-STALL lines of {}): running the scenario once more",
-                stall.unwrap_or_default(),
-                kept.display()
-            );
-            stalled_before = true;
-            continue;
+        if let Some((secs, files)) = watch.as_ref().filter(|_| !stalled_before) {
+            if stall::stalled(&run.log) {
+                // The emulator stopped the rig host (module `stall`): keep its log, put the
+                // test's files back and run the scenario once more.
+                let kept = dir.join(STALLED_LOG_FILE);
+                fs::rename(&log_path, &kept).expect("keep the stalled run's log");
+                files.restore().unwrap_or_else(|e| {
+                    panic!("cannot put back the files of {}: {e}", dir.display())
+                });
+                eprintln!(
+                    "[{test_name}] RIG-RERUN: the rig host stalled after {seconds:.1}s (its log \
+                     stood still for {secs}s; its CPUs are in the RIG-STALL lines of {}): \
+                     running the scenario once more",
+                    kept.display()
+                );
+                stalled_before = true;
+                continue;
+            }
         }
         panic!(
             "the rig failed for test {test_name} ({status}){}:\n{}\n{}",
