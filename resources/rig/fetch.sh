@@ -33,7 +33,7 @@ apt_update_once() {
 }
 
 ensure_tools() {
-	local pkgs=(qemu-system-x86 busybox-static cpio lz4 gzip coreutils util-linux qemu-utils)
+	local pkgs=(qemu-system-x86 busybox-static cpio lz4 gzip coreutils util-linux qemu-utils gcc libc6-dev)
 	local missing=() pkg
 	for pkg in "${pkgs[@]}"; do
 		[[ $(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null) == "install ok installed" ]] ||
