@@ -14,7 +14,8 @@
 #                                         [--ram "anon huge"] [--table-from LOG]
 #   --sizes "..."  guest sizes (default "512M 2G")
 #   --ram "..."    backings: anon (private anonymous) and/or huge (hugetlbfs); default both
-#   --rounds N     runs of each configuration, keeping the best (default 1)
+#   --rounds N     runs of each configuration, keeping the best (default 1); with more than
+#                  one, the ratios of the medians too
 #   --release      the release build of viaduct (default: debug, as the tests use)
 #   --ch PATH      also run this cloud-hypervisor binary (built by you; see docs/memory.md)
 #   --prefault     add viaduct with prefault=on and with prefault=off (the default row leaves
@@ -166,6 +167,20 @@ best() {
 		index($0, "RIG-BENCH-" what "=" label " ") { t = up($0) - s; if (b == "" || t < b) b = t }
 		END { if (b != "") printf "%.2f", b }'
 }
+# median LABEL WHAT: the median exec->WHAT time of LABEL's rounds (the mean of the middle two
+# for an even count). Under emulation one lucky round can decide "best"; the median cannot.
+median() {
+	tr -d '\r' <"$SERIAL" | awk -v label="$1" -v what="$2" '
+		function up(line) { sub(/.*uptime=/, "", line); return line + 0 }
+		index($0, "RIG-BENCH-START=" label " ") { s = up($0) }
+		index($0, "RIG-BENCH-" what "=" label " ") { v[n++] = up($0) - s }
+		END {
+			if (n == 0) exit
+			for (i = 1; i < n; i++)
+				for (j = i; j > 0 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+			printf "%.2f", n % 2 ? v[int(n / 2)] : (v[n / 2 - 1] + v[n / 2]) / 2
+		}'
+}
 ratio() { [[ -n $1 && -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }' || echo "-"; }
 minus() { [[ -n $1 && -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a - b }' || echo ""; }
 
@@ -202,6 +217,12 @@ for size in $SIZES; do
 			line="$line; viaduct/ch exit $(ratio "$v" "$c"), start cost $(ratio "$vc" "$cc")"
 		fi
 		echo "$line"
+		if ((ROUNDS > 1)); then
+			v=$(median "viaduct-$mem-$size-dev" END) q=$(median "qemu-$mem-$size-dev" END)
+			line="$size $mem, median of the rounds: viaduct/qemu exit $(ratio "$v" "$q")"
+			[[ -z $CH ]] || line="$line; viaduct/ch exit $(ratio "$v" "$(median "ch-$mem-$size-dev" END)")"
+			echo "$line (viaduct $v s, qemu $q s${CH:+, ch $(median "ch-$mem-$size-dev" END) s})"
+		fi
 	done
 done
 echo "($PROFILE build, $(git -C "$REPO_DIR" describe --always --dirty); $("$QEMU_BIN" --version | head -n1))"
