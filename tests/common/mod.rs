@@ -235,21 +235,30 @@ fn clean_lines(text: &str) -> impl Iterator<Item = &str> {
 /// The value of each `KEY=value` in `text`, in order. The key must not be glued to a longer
 /// name (`GUEST-CPUS=` does not match `XGUEST-CPUS=` nor `GUEST-CPUS-ONLINE=`); the value runs to
 /// the next whitespace.
+///
+/// The rig host's lines and the guest's share one console, so one writer's line can land in
+/// the middle of the other's (`GUEST-A=host-m73fRIG-B=guest-m99`). A `RIG-` or `GUEST-` key
+/// after a lower-case letter or digit is such a line: it is found, and the value before it ends
+/// where it starts.
 fn values_in<'a>(text: &'a str, key: &str) -> Vec<(usize, &'a str)> {
     let needle = format!("{key}=");
+    let marked = is_marked_key(key);
     let mut found = Vec::new();
     let mut offset = 0;
     for line in clean_lines(text) {
         let mut from = 0;
         while let Some(pos) = line[from..].find(&needle) {
             let start = from + pos;
-            let glued = line[..start]
-                .chars()
-                .next_back()
-                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            let glued = line[..start].chars().next_back().is_some_and(|c| {
+                c.is_ascii_uppercase()
+                    || c == '-'
+                    || c == '_'
+                    || (c.is_ascii_alphanumeric() && !marked)
+            });
             let rest = &line[start + needle.len()..];
             if !glued {
                 let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+                let end = marked_key_inside(&rest[..end]).unwrap_or(end);
                 found.push((offset + start, &rest[..end]));
             }
             from = start + needle.len();
@@ -257,6 +266,28 @@ fn values_in<'a>(text: &'a str, key: &str) -> Vec<(usize, &'a str)> {
         offset += line.len() + 1;
     }
     found
+}
+
+/// Whether `key` is one of the rig's own (`RIG-…`, `GUEST-…`).
+fn is_marked_key(key: &str) -> bool {
+    key.starts_with("RIG-") || key.starts_with("GUEST-")
+}
+
+/// Where, inside `value`, a `RIG-…=` or `GUEST-…=` key (upper case, digits, dashes) glued to a
+/// lower-case letter or digit starts.
+fn marked_key_inside(value: &str) -> Option<usize> {
+    let bytes = value.as_bytes();
+    (1..value.len()).find(|&i| {
+        let before = bytes[i - 1];
+        let tail = &value[i..];
+        (before.is_ascii_lowercase() || before.is_ascii_digit())
+            && is_marked_key(tail)
+            && tail.find('=').is_some_and(|eq| {
+                tail[..eq]
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-')
+            })
+    })
 }
 
 impl RigRun {
@@ -1159,6 +1190,29 @@ mod tests {
             log_path: PathBuf::from("x"),
             seconds: 0.0,
         }
+    }
+
+    #[test]
+    fn a_line_landing_inside_another_is_split_at_its_key() {
+        // rig_qcow2, 2026-12-03: the rig host's line landed before the guest's newline.
+        let text = "GUEST-NET-FROM-HOST=host-m732a91208a81003fRIG-NET-FROM-GUEST=guest-m99f4\r\n\
+                    GUEST-X=ABCGUEST-Y=1 GUEST-Z=aRIG-lower=2 xGUEST-CPUS-ONLINE=0-1\n";
+        assert_eq!(
+            values_in(text, "GUEST-NET-FROM-HOST"),
+            vec![(0, "host-m732a91208a81003f")]
+        );
+        assert_eq!(
+            values_in(text, "RIG-NET-FROM-GUEST"),
+            vec![(42, "guest-m99f4")]
+        );
+        // An upper-case tail is a longer name, not another line; a value holding "RIG-" without
+        // an upper-case key after it stays whole; the suffix rule still holds for glued keys.
+        assert_eq!(values_in(text, "GUEST-X"), vec![(73, "ABCGUEST-Y=1")]);
+        assert!(values_in(text, "GUEST-Y").is_empty());
+        assert_eq!(values_in(text, "GUEST-Z"), vec![(94, "aRIG-lower=2")]);
+        assert!(values_in(text, "GUEST-CPUS").is_empty());
+        assert_eq!(values_in(text, "GUEST-CPUS-ONLINE").len(), 1);
+        assert!(values_in(text, "NET-FROM-HOST").is_empty());
     }
 
     #[test]
