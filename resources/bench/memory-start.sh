@@ -159,18 +159,11 @@ if [[ -z $FROM ]]; then
 	WALL=$((SECONDS - START))
 fi
 
-# best LABEL WHAT: the best (smallest) exec->WHAT (INIT or END) time of LABEL, in seconds.
-best() {
-	tr -d '\r' <"$SERIAL" | awk -v label="$1" -v what="$2" '
-		function up(line) { sub(/.*uptime=/, "", line); return line + 0 }
-		index($0, "RIG-BENCH-START=" label " ") { s = up($0) }
-		index($0, "RIG-BENCH-" what "=" label " ") { t = up($0) - s; if (b == "" || t < b) b = t }
-		END { if (b != "") printf "%.2f", b }'
-}
-# median LABEL WHAT: the median exec->WHAT time of LABEL's rounds (the mean of the middle two
-# for an even count). Under emulation one lucky round can decide "best"; the median cannot.
-median() {
-	tr -d '\r' <"$SERIAL" | awk -v label="$1" -v what="$2" '
+# times LABEL WHAT PICK: of LABEL's exec->WHAT (INIT or END) times in seconds, the best
+# (smallest) with PICK=best, the median (the mean of the middle two for an even count) with
+# PICK=median. Under emulation one lucky round can decide "best"; the median cannot.
+times() {
+	tr -d '\r' <"$SERIAL" | awk -v label="$1" -v what="$2" -v pick="$3" '
 		function up(line) { sub(/.*uptime=/, "", line); return line + 0 }
 		index($0, "RIG-BENCH-START=" label " ") { s = up($0) }
 		index($0, "RIG-BENCH-" what "=" label " ") { v[n++] = up($0) - s }
@@ -178,9 +171,12 @@ median() {
 			if (n == 0) exit
 			for (i = 1; i < n; i++)
 				for (j = i; j > 0 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
-			printf "%.2f", n % 2 ? v[int(n / 2)] : (v[n / 2 - 1] + v[n / 2]) / 2
+			if (pick == "best") printf "%.2f", v[0]
+			else printf "%.2f", n % 2 ? v[int(n / 2)] : (v[n / 2 - 1] + v[n / 2]) / 2
 		}'
 }
+best() { times "$1" "$2" best; }
+median() { times "$1" "$2" median; }
 ratio() { [[ -n $1 && -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }' || echo "-"; }
 minus() { [[ -n $1 && -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a - b }' || echo ""; }
 
@@ -220,8 +216,9 @@ for size in $SIZES; do
 		if ((ROUNDS > 1)); then
 			v=$(median "viaduct-$mem-$size-dev" END) q=$(median "qemu-$mem-$size-dev" END)
 			line="$size $mem, median of the rounds: viaduct/qemu exit $(ratio "$v" "$q")"
-			[[ -z $CH ]] || line="$line; viaduct/ch exit $(ratio "$v" "$(median "ch-$mem-$size-dev" END)")"
-			echo "$line (viaduct $v s, qemu $q s${CH:+, ch $(median "ch-$mem-$size-dev" END) s})"
+			[[ -z $CH ]] || c=$(median "ch-$mem-$size-dev" END)
+			[[ -z $CH ]] || line="$line; viaduct/ch exit $(ratio "$v" "$c")"
+			echo "$line (viaduct $v s, qemu $q s${CH:+, ch $c s})"
 		fi
 	done
 done

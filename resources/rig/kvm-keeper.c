@@ -10,8 +10,10 @@
  * both with interrupts off (docs/rig.md, "A rig host that stalls"). While this process holds
  * one of each, a VMM's start and exit move the counts without patching anything.
  *
- * Prints "RIG-KVM-KEEPER=ready pid=N" once the vCPU exists, then sleeps until killed. On an
- * error it prints "RIG-KVM-KEEPER=failed: ..." and exits 1, and host-init.sh fails the rig run.
+ * Prints "RIG-KVM-KEEPER=ready pid=N" once the vCPU exists and exits 0, leaving a child that
+ * holds the VM's file descriptors and sleeps until the rig host powers off; so the caller
+ * waits only for the VM to exist. On an error it prints "RIG-KVM-KEEPER=failed: ..." and exits
+ * 1, and host-init.sh fails the rig run.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -41,8 +43,21 @@ int main(void)
 		return fail("KVM_CREATE_IRQCHIP");
 	if (ioctl(vm, KVM_CREATE_VCPU, 0) < 0)
 		return fail("KVM_CREATE_VCPU");
-	printf("RIG-KVM-KEEPER=ready pid=%d\n", (int)getpid());
-	fflush(stdout);
+	/* The VM lives as long as a file descriptor refers to it: the child's copies. */
+	pid_t child = fork();
+	if (child < 0)
+		return fail("fork");
+	if (child > 0) {
+		printf("RIG-KVM-KEEPER=ready pid=%d\n", (int)child);
+		return 0;
+	}
+	/* Let go of the caller's output, so that $(rig-kvm-keeper) returns. */
+	int null = open("/dev/null", O_RDWR);
+	if (null >= 0) {
+		dup2(null, STDOUT_FILENO);
+		dup2(null, STDERR_FILENO);
+	}
+	setsid();
 	for (;;)
 		pause();
 }
