@@ -26,6 +26,11 @@
 #                  QEMU's guest have 1 vCPU either way)
 #   --table-from LOG  no rig run: print the table of an earlier run's serial log (one that
 #                  failed part-way, say), with the same --sizes, --ram, --ch and --prefault
+#   --no-scrub     do not run rig-scrub before each timed run. By default it writes to the
+#                  guest's size + 256 MiB of fresh memory (and, with huge runs, to the free
+#                  hugepages), outside the timed span, so that no VMM inherits pages on which
+#                  the previous guest left code translated by the emulator (slow to write;
+#                  resources/rig/scrub.c)
 # If the rig run fails part-way (docs/rig.md: a rig host that stalls), the table still shows
 # what was measured, "-" for the rest, and the script exits non-zero.
 # The emulated VT-d gets 48 address bits (cloud-hypervisor does not start with a device at the
@@ -34,7 +39,7 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/../rig/lib.sh"
 
-SIZES="512M 2G" ROUNDS=1 PROFILE=debug CH="" PREFAULT=0 RIG_MEM="" RIG_CPUS=2 RAMS="anon huge" FROM=""
+SIZES="512M 2G" ROUNDS=1 PROFILE=debug CH="" PREFAULT=0 RIG_MEM="" RIG_CPUS=2 RAMS="anon huge" FROM="" SCRUB=1
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--sizes) SIZES=${2:?}; shift 2 ;;
@@ -46,7 +51,8 @@ while [[ $# -gt 0 ]]; do
 	--rig-cpus) RIG_CPUS=${2:?}; shift 2 ;;
 	--ram) RAMS=${2:?}; shift 2 ;;
 	--table-from) FROM=${2:?}; shift 2 ;;
-	-h | --help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	--no-scrub) SCRUB=0; shift ;;
+	-h | --help) sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) rig_die "memory-start.sh: unknown argument '$1' (try --help)" ;;
 	esac
 done
@@ -89,6 +95,15 @@ if [[ -z $FROM ]]; then
 		cat <<-'EOF'
 			timed() {
 				label=$1; shift
+				if [ -n "$SCRUB_MIB" ]; then
+					huge=0
+					[ -z "$SCRUB_HUGE" ] || huge=$(awk '/^HugePages_Free/ { f = $2 } /^Hugepagesize/ { s = $2 } END { print f * s / 1024 }' /proc/meminfo)
+					if scrubbed=$(rig-scrub "$SCRUB_MIB" "$huge"); then
+						echo "BENCH-SCRUB| $label: ${scrubbed#RIG-SCRUB=}"
+					else
+						echo "BENCH-LOG| $label: error: $scrubbed"
+					fi
+				fi
 				echo "RIG-BENCH-START=$label uptime=$(cut -d' ' -f1 /proc/uptime)"
 				timeout -s KILL 300 "$@" 2>&1 | while IFS= read -r line; do
 					case $line in
@@ -102,12 +117,15 @@ if [[ -z $FROM ]]; then
 			}
 		EOF
 		echo "rig-vfio-bind $BDF || exit 1"
+		[[ $SCRUB == 0 || " $RAMS " != *" huge "* ]] || echo "SCRUB_HUGE=1"
 		echo "echo $(((MAX + 64) / 2)) > /proc/sys/vm/nr_hugepages"
 		echo "mkdir -p /dev/hugepages && mount -t hugetlbfs none /dev/hugepages"
 		echo 'echo "RIG-HUGEPAGES=$(awk '"'"'/^HugePages_Total/ { print $2 }'"'"' /proc/meminfo)"'
 		for round in $(seq "$ROUNDS"); do
 			for size in $SIZES; do
 				m=$(mib "$size")
+				# rig-scrub (resources/rig/scrub.c) takes the pages the last VMM freed first.
+				[[ $SCRUB == 0 ]] || echo "SCRUB_MIB=$((m + 256))"
 				G="--kernel /guest/vmlinux --initramfs /guest/initramfs.cpio.gz --cmdline \"$CMDLINE\" --cpus boot=1 --serial tty --console off"
 				Q="$QEMU_BIN -accel kvm -M q35 -cpu host -smp 1 -L /fw -display none -vga none -monitor none -serial stdio -no-reboot -nic none -kernel /guest/vmlinux -initrd /guest/initramfs.cpio.gz -append \"$CMDLINE\""
 				for mem in $RAMS; do
@@ -177,13 +195,17 @@ times() {
 }
 best() { times "$1" "$2" best; }
 median() { times "$1" "$2" median; }
-ratio() { [[ -n $1 && -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }' || echo "-"; }
+# a / b; "-" when either was not measured. A start cost can come out at or below zero in the
+# noise: "none" when a is (no cost measured), "n/a" when b is (nothing to divide by).
+ratio() { [[ -n $1 && -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { if (b <= 0) printf "n/a"; else if (a <= 0) printf "none"; else printf "%.2f", a / b }' || echo "-"; }
 minus() { [[ -n $1 && -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a - b }' || echo ""; }
 
 vmms="viaduct qemu"
 [[ $PREFAULT == 1 ]] && vmms="viaduct viaduct-prefault viaduct-noprefault qemu"
 [[ -n $CH ]] && vmms="$vmms ch"
 echo "== exec -> guest init -> exit (s), PVH vmlinux, busybox guest, 1 vCPU, NVMe passed through; $ROUNDS round(s), best; rig host $RIG_CPUS CPU(s), $RIG_MEM, 48-bit VT-d; rig run ${WALL}s =="
+scrubs=$(grep -ac 'BENCH-SCRUB|' "$SERIAL" || true)
+echo "pages scrubbed (rig-scrub) before $scrubs of $(grep -ac 'RIG-BENCH-START=' "$SERIAL" || true) timed runs"
 printf '%-9s %-5s %-17s %8s %8s %8s %8s %10s\n' size ram vmm init exit "init*" "exit*" "pt-cost"
 printf '%-9s %-5s %-17s %8s %8s %8s %8s %10s\n' "" "" "" "(dev)" "(dev)" "(nodev)" "(nodev)" "(init)"
 for size in $SIZES; do
@@ -215,7 +237,9 @@ for size in $SIZES; do
 		echo "$line"
 		if ((ROUNDS > 1)); then
 			v=$(median "viaduct-$mem-$size-dev" END) q=$(median "qemu-$mem-$size-dev" END)
-			line="$size $mem, median of the rounds: viaduct/qemu exit $(ratio "$v" "$q")"
+			vc=$(minus "$(median "viaduct-$mem-$size-dev" INIT)" "$(median "viaduct-$mem-$size-nodev" INIT)")
+			qc=$(minus "$(median "qemu-$mem-$size-dev" INIT)" "$(median "qemu-$mem-$size-nodev" INIT)")
+			line="$size $mem, median of the rounds: viaduct/qemu exit $(ratio "$v" "$q"), start cost $(ratio "$vc" "$qc")"
 			[[ -z $CH ]] || c=$(median "ch-$mem-$size-dev" END)
 			[[ -z $CH ]] || line="$line; viaduct/ch exit $(ratio "$v" "$c")"
 			echo "$line (viaduct $v s, qemu $q s${CH:+, ch $c s})"

@@ -4,7 +4,8 @@
 #                                    virtio block, console and rng modules)
 #   $RIG_CACHE/l2-base.cpio          the rig host's initramfs without viaduct and the scenario:
 #                                    busybox, host-init.sh, rig-vfio-bind (vfio-bind.sh),
-#                                    rig-kvm-keeper (kvm-keeper.c, built with cc -static),
+#                                    rig-kvm-keeper (kvm-keeper.c) and rig-scrub (scrub.c),
+#                                    both built with cc -static,
 #                                    KVM/VFIO/virtio-blk modules, and /guest/{bzImage,
 #                                    vmlinux,initramfs.cpio.gz} for viaduct to boot
 # Each is rebuilt only when what it is built from changes (scripts, kernel, busybox).
@@ -80,7 +81,7 @@ build_l3_initramfs() {
 build_l2_base() {
 	local key work root
 	key=$(rig_key "$RIG_DIR/host-init.sh" "$RIG_DIR/vfio-bind.sh" "$RIG_DIR/bounded.sh" "$RIG_DIR/kvm-keeper.c" \
-		"$RIG_DIR/build.sh" "$RIG_DIR/lib.sh" \
+		"$RIG_DIR/scrub.c" "$RIG_DIR/build.sh" "$RIG_DIR/lib.sh" \
 		"$KERNEL_DIR/VERSION" "$(sha256sum <"$BUSYBOX")" "$(cat "$L3_INITRAMFS.key")")
 	rig_fresh "$L2_BASE" "$key" && return 0
 	rig_log "building the L2 rig-host initramfs (static part)"
@@ -94,6 +95,9 @@ build_l2_base() {
 	# Static: the rig host's root has no C library of its own. Why it runs: kvm-keeper.c.
 	cc -O2 -static -o "$root/usr/bin/rig-kvm-keeper" "$RIG_DIR/kvm-keeper.c" ||
 		rig_die "cannot build resources/rig/kvm-keeper.c statically: install Debian's gcc and libc6-dev (apt-get install gcc libc6-dev)"
+	# The benchmarks run it between timed runs; scrub.c says why.
+	cc -O2 -static -o "$root/usr/bin/rig-scrub" "$RIG_DIR/scrub.c" ||
+		rig_die "cannot build resources/rig/scrub.c statically: install Debian's gcc and libc6-dev (apt-get install gcc libc6-dev)"
 	add_modules "$root" "$root/etc/rig/modules.required" "${L2_REQUIRED_MODULES[@]}"
 	add_modules "$root" "$root/etc/rig/modules.optional" "${L2_OPTIONAL_MODULES[@]}"
 	# Optional modules that the required ones already pulled in need not load twice.
