@@ -92,12 +92,13 @@ build_l2_base() {
 	install -m 755 "$RIG_DIR/host-init.sh" "$root/init"
 	install -m 755 "$RIG_DIR/vfio-bind.sh" "$root/usr/bin/rig-vfio-bind"
 	install -m 755 "$RIG_DIR/bounded.sh" "$root/usr/bin/rig-bounded"
-	# Static: the rig host's root has no C library of its own. Why it runs: kvm-keeper.c.
-	cc -O2 -static -o "$root/usr/bin/rig-kvm-keeper" "$RIG_DIR/kvm-keeper.c" ||
-		rig_die "cannot build resources/rig/kvm-keeper.c statically: install Debian's gcc and libc6-dev (apt-get install gcc libc6-dev)"
-	# The benchmarks run it between timed runs; scrub.c says why.
-	cc -O2 -static -o "$root/usr/bin/rig-scrub" "$RIG_DIR/scrub.c" ||
-		rig_die "cannot build resources/rig/scrub.c statically: install Debian's gcc and libc6-dev (apt-get install gcc libc6-dev)"
+	# Static: the rig host's root has no C library of its own. Why each exists: its own comment
+	# (host-init.sh starts the keeper; the benchmarks scrub between timed runs).
+	local tool
+	for tool in kvm-keeper scrub; do
+		cc -O2 -static -o "$root/usr/bin/rig-$tool" "$RIG_DIR/$tool.c" ||
+			rig_die "cannot build resources/rig/$tool.c statically: install Debian's gcc and libc6-dev (apt-get install gcc libc6-dev)"
+	done
 	add_modules "$root" "$root/etc/rig/modules.required" "${L2_REQUIRED_MODULES[@]}"
 	add_modules "$root" "$root/etc/rig/modules.optional" "${L2_OPTIONAL_MODULES[@]}"
 	# Optional modules that the required ones already pulled in need not load twice.
