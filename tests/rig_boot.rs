@@ -193,4 +193,21 @@ fn guest_triple_fault_exits_nonzero_with_vcpu_state() {
         stderr.contains("rip=") && stderr.contains("cr3="),
         "viaduct's stderr does not show the vCPU state\n{context}"
     );
+    // KVM reset the vCPU before viaduct heard of it (SVM), so the rig host's own record
+    // (bounded.sh, `RIG-SHUTDOWN|`) has the RIP the guest shut down at: inside its kernel.
+    let ktext = run
+        .value("GUEST-KTEXT")
+        .and_then(|v| u64::from_str_radix(v, 16).ok())
+        .unwrap_or_else(|| panic!("no GUEST-KTEXT line\n{context}"));
+    let rip = run
+        .log
+        .lines()
+        .filter(|l| l.starts_with("RIG-SHUTDOWN| "))
+        .find_map(|l| l.split(" reason shutdown rip 0x").nth(1))
+        .and_then(|r| u64::from_str_radix(r.split_whitespace().next()?, 16).ok())
+        .unwrap_or_else(|| panic!("no RIG-SHUTDOWN line with the guest's RIP\n{context}"));
+    assert!(
+        (ktext..ktext + (64 << 20)).contains(&rip),
+        "shutdown RIP {rip:#x} is not in the guest kernel's text at {ktext:#x}\n{context}"
+    );
 }

@@ -11,19 +11,24 @@
 
 mod common;
 
-use common::{device_path, marker_token, vfio_bind, RigHost, RigRun, NVME_ID, SLOT_NVME_A};
+use common::{
+    device_path, marker_token, vfio_bind, RigHost, RigRun, NVME_ID, SLOT_NVME_A,
+    VIADUCT_TIMEOUT_SECS,
+};
 
 const SOCKET: &str = "/tmp/viaduct-api.sock";
 
 /// Scenario lines: viaduct in the background with `args` (guest console in /tmp/vm.out, its
-/// stderr in /tmp/vm.err), the remote commands of `remote` once the guest waits for a device,
-/// and viaduct's output and exit status at the end.
+/// stderr in /tmp/vm.err) under `rig-bounded`, as every rig test runs it (a hung guest is
+/// reported, a triple fault named), the remote commands of `remote` once the guest waits for a
+/// device, and viaduct's output and exit status at the end.
 fn api_run(tag: &str, args: &str, remote: &str) -> String {
     format!(
         "wait_for() {{ n=0; while ! grep -q \"$2\" \"$1\" && [ $n -lt $3 ]; do sleep 1; n=$((n+1)); done; }}\n\
          rm -f /tmp/vm.out /tmp/vm.err\n\
          echo \"RIG-VIADUCT-START uptime=$(cut -d' ' -f1 /proc/uptime)\"\n\
-         ( viaduct -v --api-socket {SOCKET} {args} >/tmp/vm.out 2>/tmp/vm.err; echo $? >/tmp/vm.status ) &\n\
+         ( rig-bounded {VIADUCT_TIMEOUT_SECS} viaduct -v --api-socket {SOCKET} {args} >/tmp/vm.out 2>/tmp/vm.err; \
+         echo $? >/tmp/vm.status ) &\n\
          wait_for /tmp/vm.out GUEST-HOTPLUG-WAITING 240\n\
          echo \"RIG-API-SOCKET-MODE-{tag}=$(stat -c %a {SOCKET})\"\n\
          {remote}\

@@ -53,6 +53,20 @@ case $nested in
 esac
 
 echo "RIG-KVM=ok nested=$nested"
+# A guest's triple fault reaches the VMM as KVM_EXIT_SHUTDOWN after KVM has reset the vCPU
+# (SVM), so the registers a VMM logs then are the reset ones. KVM's kvm_exit trace event has
+# the RIP the guest shut down at: it is on from here (before any VM, so switching it on
+# patches no text beside a running one) with a filter that keeps only that exit (SVM's exit
+# code 0x7f), and rig-bounded prints what it kept when its command fails, or widens the filter
+# to a hung VMM's threads for one second (bounded.sh).
+trace=/sys/kernel/tracing
+mount -t tracefs tracefs "$trace" 2>/dev/null
+if [ -w "$trace/events/kvm/kvm_exit/filter" ]; then
+	echo 256 >"$trace/buffer_size_kb"
+	echo 'exit_reason == 127' >"$trace/events/kvm/kvm_exit/filter" &&
+		echo 1 >"$trace/events/kvm/kvm_exit/enable" ||
+		echo "RIG-NOTE: KVM's kvm_exit trace event could not be switched on"
+fi
 # One idle VM for the whole run, so that the scenario's VMs start and exit without the kernel
 # patching its text live (kvm-keeper.c says why that matters under emulation).
 keeper=$(rig-kvm-keeper 2>&1) ||
