@@ -193,8 +193,13 @@ fn guest_triple_fault_exits_nonzero_with_vcpu_state() {
         stderr.contains("rip=") && stderr.contains("cr3="),
         "viaduct's stderr does not show the vCPU state\n{context}"
     );
-    // KVM reset the vCPU before viaduct heard of it (SVM), so the rig host's own record
-    // (bounded.sh, `RIG-SHUTDOWN|`) has the RIP the guest shut down at: inside its kernel.
+    // KVM reset the vCPU before viaduct heard of it (SVM), and viaduct says so; the rig host's
+    // own record (bounded.sh, `RIG-SHUTDOWN|`) has the RIP the guest shut down at: inside its
+    // kernel.
+    assert!(
+        stderr.contains("those are a CPU's reset values"),
+        "viaduct does not say the registers are the reset ones\n{context}"
+    );
     let ktext = run
         .value("GUEST-KTEXT")
         .and_then(|v| u64::from_str_radix(v, 16).ok())

@@ -391,6 +391,14 @@ impl Vcpu {
                     "vCPU {} state: cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x}(base {:#x}, l={}, db={}) idt={:#x}/{:#x}",
                     self.index, s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.cs.selector, s.cs.base, s.cs.l, s.cs.db, s.idt.base, s.idt.limit
                 );
+                if is_reset_state(r.rip, s.cs.base) {
+                    error!(
+                        "vCPU {}: those are a CPU's reset values, not where the guest stopped: \
+                         on AMD hosts KVM resets the vCPU before it reports a shutdown (the \
+                         host's kvm:kvm_exit trace event has the guest's RIP)",
+                        self.index
+                    );
+                }
             }
             (r, s) => error!(
                 "vCPU {}: cannot read its registers ({:?} / {:?})",
@@ -400,6 +408,12 @@ impl Vcpu {
             ),
         }
     }
+}
+
+/// Whether a vCPU's registers are those of a CPU just reset (the reset vector, 0xffff_fff0), as
+/// KVM leaves them on AMD after a triple fault.
+fn is_reset_state(rip: u64, cs_base: u64) -> bool {
+    rip == 0xfff0 && cs_base == 0xffff_0000
 }
 
 #[cfg(test)]
@@ -436,6 +450,14 @@ mod tests {
         let dev = Arc::new(Mutex::new(Recorder::default()));
         bus.insert(dev.clone(), port, 8).unwrap();
         (bus, dev)
+    }
+
+    #[test]
+    fn only_the_reset_vector_counts_as_reset_state() {
+        assert!(is_reset_state(0xfff0, 0xffff_0000));
+        // A guest that stopped in its kernel, or in real mode elsewhere.
+        assert!(!is_reset_state(0xffff_ffff_8106_0489, 0));
+        assert!(!is_reset_state(0xfff0, 0));
     }
 
     #[test]
