@@ -13,15 +13,13 @@ secs=${1:?rig-bounded: SECS COMMAND...}
 shift
 trace=/sys/kernel/tracing
 exit_event=$trace/events/kvm/kvm_exit
-shutdown_filter='exit_reason == 127'
 # COMMAND's output is ours; when it is a file, the guest's GUEST-KTEXT= line is in it.
 out=$(readlink /proc/$$/fd/1 2>/dev/null)
 
 # The guest RIPs ("count rip" lines on stdin) under the heading $2, each on a line starting with
-# $1, with the function at the
-# same offset from _text in the rig host's kernel, which the guest runs too; the guest's _text is
-# its GUEST-KTEXT= line. Kernel text lies in one 1 GiB window, so the low 32 bits of each
-# address (awk's numbers are doubles) place it.
+# $1, with the function at the same offset from _text in the rig host's kernel, which the guest
+# runs too; the guest's _text is its GUEST-KTEXT= line. Kernel text lies in one 1 GiB window,
+# so the low 32 bits of each address (awk's numbers are doubles) place it.
 name_rips() {
 	gtext=""
 	[ -f "$out" ] && gtext=$(sed -n 's/.*GUEST-KTEXT=\([0-9a-f]*\).*/\1/p' "$out" | tail -n 1)
@@ -76,13 +74,16 @@ pid=$!
 	# switching an event on or off would patch the kernel's text beside the running VM.
 	traced=""
 	if [ -w "$exit_event/filter" ]; then
+		# host-init.sh's filter (shutdowns only), put back afterwards.
+		kept=$(cat "$exit_event/filter")
 		: >"$trace/trace"
 		(cd /proc/"$pid"/task && echo *) >"$trace/set_event_pid" &&
 			echo 0 >"$exit_event/filter" && traced=1
 	fi
 	sleep 1
 	if [ -n "$traced" ]; then
-		echo "$shutdown_filter" >"$exit_event/filter"
+		[ "$kept" = none ] && kept=0
+		echo "$kept" >"$exit_event/filter"
 		: >"$trace/set_event_pid"
 		grep -v '^#' "$trace/trace" >/tmp/rig-bounded-trace.$$
 		say "KVM exits of its threads in that second, by reason:"

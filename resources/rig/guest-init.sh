@@ -672,7 +672,8 @@ action=$(cmdline_value viaduct_action)
 action=${action:-poweroff}
 
 echo "GUEST-KERNEL=$(uname -r)"
-# Where this boot put the kernel (KASLR): rig-bounded names a hung guest's RIPs with it.
+# Where this boot put the kernel (KASLR): rig-bounded names the RIPs of a hung or shut-down
+# guest with it.
 echo "GUEST-KTEXT=$(sed -n 's/^\([0-9a-f]*\) T _text$/\1/p' /proc/kallsyms)"
 echo "GUEST-CPUS=$(count_online_cpus)"
 echo "GUEST-CPUS-ONLINE=$(cat /sys/devices/system/cpu/online 2>/dev/null)"
