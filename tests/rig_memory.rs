@@ -1,8 +1,8 @@
 //! Guest memory backings in the nested rig: hugepage-backed RAM with a passed-through NVMe (the
 //! rig host's hugepage pool gives exactly the guest's pages while it runs and gets them back),
-//! a refused start when the pool is too small, and prefaulted RAM that is resident before the
+//! a refused start when the pool is too small, prefaulted RAM that is resident before the
 //! guest's first instruction (asked for, or by default before a passed-through device's DMA
-//! mapping).
+//! mapping), and a VM stopped while its RAM is being DMA-mapped that stops the mapping.
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
@@ -230,4 +230,93 @@ fn prefaulted_ram_is_resident_before_the_guest_starts() {
         "prefault=off, yet prefaulted\n{context}"
     );
     line_with(run, "DMA-mapped");
+}
+
+/// Scenario lines that start viaduct with `args` in the background, send it SIGTERM once its
+/// log says the guest's driver waits at the DMA-map gate (or after 120 s), and print its log and
+/// exit status as [`viaduct_command`] does.
+fn viaduct_stopped_at_the_gate(args: &str) -> String {
+    format!(
+        "echo \"RIG-VIADUCT-START uptime=$(cut -d' ' -f1 /proc/uptime)\"\n\
+         ( rig-bounded {secs} viaduct -v {args} >/tmp/gate.log 2>&1; echo $? >/tmp/gate.status ) &\n\
+         n=0; while ! grep -q 'holding it until the mapping is done' /tmp/gate.log \
+         && [ $n -lt 600 ]; do sleep 0.2; n=$((n+1)); done\n\
+         echo \"RIG-SIGTERM uptime=$(cut -d' ' -f1 /proc/uptime)\"\n\
+         kill -TERM $(pidof viaduct)\n\
+         wait\n\
+         sed 's/^viaduct/{prefix}viaduct/' /tmp/gate.log\n\
+         echo \"VIADUCT-EXIT=$(cat /tmp/gate.status) uptime=$(cut -d' ' -f1 /proc/uptime)\"\n",
+        secs = common::VIADUCT_TIMEOUT_SECS,
+        prefix = common::VIADUCT_STDERR_PREFIX,
+    )
+}
+
+/// A VM stopped (SIGTERM) while guest RAM is still being DMA-mapped beside its boot, with the
+/// guest's NVMe driver held at the gate that keeps bus mastering off until the mapping is done:
+/// the vCPU is let go at once (the device stays without bus mastering), the mapping ends at its
+/// next 1 GiB piece instead of pinning the rest of the 3 GiB, viaduct stops cleanly, and the
+/// next VM gets the device and reads the disk through it.
+#[test]
+fn a_vm_stopped_while_its_ram_is_dma_mapped_stops_the_mapping_and_gives_the_device_back() {
+    let test =
+        "a_vm_stopped_while_its_ram_is_dma_mapped_stops_the_mapping_and_gives_the_device_back";
+    let mut host = RigHost::new(test);
+    host.qemu_args(["-smp", "2"]).memory("4608M");
+    let disk = host.nvme("nva", SLOT_NVME_A, &marker_token());
+    let marker = marker_token();
+    let device = format!("--device {}", device_path(&disk.bdf));
+    let scenario = vfio_bind(&[&disk.bdf], &[])
+        + &viaduct_stopped_at_the_gate(&guest_args(
+            &marker,
+            "nvme-io",
+            &format!("--memory size=3G {device}"),
+        ))
+        + &viaduct_command(&guest_args(
+            &marker,
+            "nvme-io",
+            &format!("--memory size=512M {device}"),
+        ));
+    let all = host.run(&scenario);
+    let runs = all.viaduct_runs();
+    assert_eq!(runs.len(), 2, "two viaduct runs\n{}", all.context());
+
+    let run = &runs[0];
+    let context = run.context();
+    let stderr = run.viaduct_stderr();
+    let held = line_with(run, "holding it until the mapping is done");
+    let let_go = line_with(run, "no longer held, after");
+    let refused = line_with(run, "bus mastering stays off: the VM is stopping");
+    let given_up = line_with(run, "guest RAM's DMA mapping given up");
+    assert!(
+        held < let_go && let_go < refused,
+        "let go before it was held\n{context}"
+    );
+    assert!(
+        stderr[given_up].contains("stopped DMA-mapping guest RAM after")
+            && stderr[given_up].contains("of 3 GiB"),
+        "{}\n{context}",
+        stderr[given_up]
+    );
+    for never in [
+        "DMA-mapped 3.00 GiB",
+        "did not stop within",
+        "bus mastering on, after",
+    ] {
+        assert!(
+            !stderr.iter().any(|l| l.contains(never)),
+            "'{never}' in a VM stopped during its DMA mapping\n{context}"
+        );
+    }
+    assert_eq!(run.viaduct_exit(), Some(1), "{context}");
+    line_with(run, "stopped by signal SIGTERM");
+    line_with(run, "releasing 1 passthrough device");
+
+    let after = &runs[1];
+    let context = after.context();
+    assert_eq!(after.viaduct_exit(), Some(0), "{context}");
+    assert_eq!(
+        after.guest("NVME-MARKER"),
+        Some(disk.marker.as_str()),
+        "the next VM cannot read the disk\n{context}"
+    );
 }

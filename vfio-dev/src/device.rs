@@ -96,9 +96,22 @@ pub enum DeviceError {
 /// Whether a device may be let loose on guest RAM yet: guest RAM is DMA-mapped on a thread of
 /// its own while the guest boots, and a device gets bus mastering only once that is done.
 pub trait DmaReady: Send + Sync {
-    /// Blocks until guest RAM is DMA-mapped. `Err` (why not) when it never will be; the device
-    /// then stays without bus mastering. `device` names the device that asks, for the log.
-    fn wait_for_dma(&self, device: &str) -> Result<(), String>;
+    /// Blocks until guest RAM is DMA-mapped. `Err` (why not) when it never will be, or the VM
+    /// is stopping; the device then stays without bus mastering. `device` names the device
+    /// that asks, for the log.
+    fn wait_for_dma(&self, device: &str) -> Result<(), NoDma>;
+}
+
+/// Why a device gets no bus mastering: the answer of [`DmaReady::wait_for_dma`] when guest RAM
+/// will not be DMA-mapped.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoDma {
+    /// The VM is stopping, and the mapping of its RAM was given up with it.
+    #[error("the VM is stopping")]
+    Stopping,
+    /// Mapping guest RAM failed (why).
+    #[error("guest RAM could not be DMA-mapped: {0}")]
+    MapFailed(String),
 }
 
 /// The command register's Bus Master Enable bit.
@@ -337,10 +350,15 @@ impl PciDevice for VfioPciDevice {
                 match gate.wait_for_dma(&self.name) {
                     Ok(()) => self.dma_ready = None,
                     Err(why) => {
-                        log::error!(
-                            "{}: bus mastering stays off, the device cannot DMA: {why}",
-                            self.name
-                        );
+                        match why {
+                            NoDma::Stopping => {
+                                log::info!("{}: bus mastering stays off: {why}", self.name)
+                            }
+                            NoDma::MapFailed(_) => log::error!(
+                                "{}: bus mastering stays off, the device cannot DMA: {why}",
+                                self.name
+                            ),
+                        }
                         // Only this write is changed, so only it is copied.
                         let mut refused = data.to_vec();
                         refused[0] &= !COMMAND_BUS_MASTER;

@@ -133,19 +133,19 @@ fn identity_and_command_pass_through_to_the_device() {
 
 /// A gate that says yes or no, and counts how often it was asked.
 struct Gate {
-    answer: Result<(), String>,
+    answer: Result<(), NoDma>,
     asked: std::sync::atomic::AtomicUsize,
 }
 
 impl DmaReady for Gate {
-    fn wait_for_dma(&self, device: &str) -> Result<(), String> {
+    fn wait_for_dma(&self, device: &str) -> Result<(), NoDma> {
         assert_eq!(device, "vfio test");
         self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.answer.clone()
     }
 }
 
-fn gate(answer: Result<(), String>) -> Arc<Gate> {
+fn gate(answer: Result<(), NoDma>) -> Arc<Gate> {
     Arc::new(Gate {
         answer,
         asked: Default::default(),
@@ -178,8 +178,14 @@ fn bus_mastering_waits_for_the_dma_map_once() {
 
 #[test]
 fn bus_mastering_stays_off_when_guest_ram_is_not_mapped() {
+    for answer in [NoDma::MapFailed("ENOMEM".into()), NoDma::Stopping] {
+        bus_mastering_stays_off(answer);
+    }
+}
+
+fn bus_mastering_stays_off(answer: NoDma) {
     let (fake, _, mut dev) = open(nvme_like(), None);
-    let g = gate(Err("the DMA map failed".into()));
+    let g = gate(Err(answer));
     dev.set_dma_ready(g.clone());
     fake.take_calls();
     dev.write_config(1, 0, &[0x06, 0x00]);

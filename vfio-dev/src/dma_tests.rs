@@ -129,3 +129,57 @@ fn time_per_gib_scales_with_bytes() {
     };
     assert_eq!(none.per_gib(), Duration::ZERO);
 }
+
+#[test]
+fn guest_ram_is_mapped_in_pieces_that_end_on_gib_boundaries() {
+    const GIB: u64 = 1 << 30;
+    // 3 GiB of low RAM below the 32-bit hole, and 5.5 GiB from 4 GiB up: each is cut at every
+    // GiB, its host address moving with it, and the last piece is what is left.
+    let low = GuestRamRegion {
+        gpa: 0,
+        size: 3 * GIB,
+        host_addr: (16 * GIB) as *mut u8,
+    };
+    let high = GuestRamRegion {
+        gpa: 4 * GIB,
+        size: 5 * GIB + GIB / 2,
+        host_addr: (64 * GIB) as *mut u8,
+    };
+    let pieces = map_pieces(&[low, high]);
+    let got: Vec<(u64, u64, usize)> = pieces
+        .iter()
+        .map(|p| (p.gpa, p.size, p.host_addr as usize))
+        .collect();
+    let mut want: Vec<(u64, u64, usize)> = (0..3)
+        .map(|i| (i * GIB, GIB, ((16 + i) * GIB) as usize))
+        .collect();
+    for i in 0..5 {
+        want.push(((4 + i) * GIB, GIB, ((64 + i) * GIB) as usize));
+    }
+    want.push((9 * GIB, GIB / 2, (69 * GIB) as usize));
+    assert_eq!(got, want);
+    // A region that starts and ends inside a GiB stays whole; a region across one boundary is
+    // cut there; an empty one gives nothing.
+    let small = region(0x10_0000, 0x20_0000);
+    assert_eq!(map_pieces(&[small]).len(), 1);
+    let across = region(GIB - 0x20_0000, 0x40_0000);
+    let cut: Vec<(u64, u64)> = map_pieces(&[across])
+        .iter()
+        .map(|p| (p.gpa, p.size))
+        .collect();
+    assert_eq!(cut, [(GIB - 0x20_0000, 0x20_0000), (GIB, 0x20_0000)]);
+    assert!(map_pieces(&[region(GIB, 0)]).is_empty());
+}
+
+#[test]
+fn unmapping_a_region_takes_every_piece_inside_it_and_nothing_else() {
+    const GIB: u64 = 1 << 30;
+    let regions = [region(0, 2 * GIB), region(4 * GIB, GIB)];
+    let piece = |iova, size| DmaMapping { iova, size };
+    assert!(within(&piece(0, GIB), &regions));
+    assert!(within(&piece(GIB, GIB), &regions));
+    assert!(within(&piece(4 * GIB, GIB), &regions));
+    // A peer-to-peer BAR mapping elsewhere, and one that overlaps a region's end, stay.
+    assert!(!within(&piece(3 * GIB, 0x1000), &regions));
+    assert!(!within(&piece(GIB, 2 * GIB), &regions));
+}

@@ -295,6 +295,19 @@ pub enum VfioError {
     )]
     NoDevice,
 
+    /// Mapping guest RAM was given up because the VM is stopping (nothing of it stays mapped).
+    #[error(
+        "stopped DMA-mapping guest RAM after {} of {}: the VM is stopping",
+        human(*.mapped),
+        human(*.total)
+    )]
+    DmaStopped {
+        /// Bytes mapped (and unmapped again) before the stop.
+        mapped: u64,
+        /// Bytes there were to map.
+        total: u64,
+    },
+
     /// `VFIO_IOMMU_MAP_DMA` or `VFIO_IOMMU_UNMAP_DMA` failed.
     #[error("cannot {op} guest RAM at {:#x}..{:#x} ({}) for device DMA: {detail}",
         .gpa, .gpa + .size, human(*.size))]

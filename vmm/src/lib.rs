@@ -228,7 +228,9 @@ pub(crate) struct PciDevices {
 impl PciDevices {
     /// Detaches every device and releases the container (idempotent).
     fn release(&self) {
-        // A mapping of guest RAM still running ends first: it uses the container.
+        // A mapping of guest RAM still running is stopped and ends first: it uses the
+        // container.
+        self.passthrough.stop_ram_map();
         self.passthrough.finish_ram_map();
         self.manager.detach_all();
         self.passthrough.release();
@@ -639,6 +641,9 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     if loop_result.is_err() {
         exit.notify(ExitReason::Failure);
     }
+    // A mapping of guest RAM still running beside the guest is given up first: it lets go of a
+    // vCPU held at its gate, and the VM does not wait for the rest of its RAM to be pinned.
+    pci_devices.passthrough.stop_ram_map();
     let failure = stop_vcpus(&stop, threads);
     info!("viaduct vCPU exits: {stats}");
     let teardown = Instant::now();

@@ -11,8 +11,9 @@
 //! laid out, so the layout can keep the 64-bit windows inside the host IOMMU's reach
 //! ([`Passthrough::iova_ranges`]); then they are attached ([`Passthrough::attach_opened`]), and
 //! guest RAM is DMA-mapped on a thread of its own while the guest boots
-//! ([`Passthrough::start_ram_map`], see [`ram_dma`]). A device hot-plugged into a VM without
-//! one maps guest RAM before it is attached.
+//! ([`Passthrough::start_ram_map`], see [`ram_dma`]); a VM that stops meanwhile stops that
+//! mapping first ([`Passthrough::stop_ram_map`]). A device hot-plugged into a VM without one
+//! maps guest RAM before it is attached.
 //!
 //! Teardown order (see `vfio_dev::container`): the device manager detaches the devices first
 //! (peer mappings, memory slots, mmaps, interrupts, a reset, device fds), then
@@ -20,6 +21,7 @@
 
 mod ram_dma;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -34,6 +36,7 @@ use vfio_dev::access::{region, VfioDeviceAccess};
 use vfio_dev::container::{OpenedDevice, VfioHost};
 use vfio_dev::device::VfioPciDevice;
 use vfio_dev::dma::{DmaStats, GuestRamRegion};
+use vfio_dev::error::VfioError;
 use vfio_dev::iommu_info::IovaRange;
 use vfio_dev::routing::InterruptRouter;
 
@@ -53,6 +56,11 @@ pub struct Passthrough {
     peer_to_peer: bool,
     prefaults: Prefaults,
     state: Mutex<State>,
+    /// The mapping beside the booting guest, for [`Passthrough::stop_ram_map`]: outside
+    /// `state`, which a hot-plug holds while it waits for that mapping.
+    boot_map: Mutex<Option<Arc<ram_dma::RamDmaMap>>>,
+    /// Set by [`Passthrough::stop_ram_map`]: the VM is stopping, so nothing maps guest RAM.
+    stopping: AtomicBool,
 }
 
 /// Guest RAM to prefault in parallel just before it is first DMA-mapped (when
@@ -121,10 +129,16 @@ fn log_ram_mapped(stats: &DmaStats, when: &str) {
     );
 }
 
-/// Prefaults `p` for the DMA mapping that follows. A failure only costs time (the pin faults
-/// the pages itself), so it is a warning.
-fn prefault_before_map(p: &PrefaultBeforeMap) {
-    match crate::memory::prefault(&p.mem, p.page_size, false, p.threads) {
+/// Prefaults `p` for the DMA mapping that follows, until `stop` is set. A failure only costs
+/// time (the pin faults the pages itself), so it is a warning.
+fn prefault_before_map(p: &PrefaultBeforeMap, stop: &AtomicBool) {
+    match crate::memory::prefault_until(&p.mem, p.page_size, false, p.threads, stop) {
+        Ok(stats) if stats.stopped => info!(
+            "prefaulting guest RAM for DMA mapping stopped after {} MiB in {:?}: the VM is \
+             stopping",
+            stats.bytes >> 20,
+            stats.elapsed
+        ),
         Ok(stats) => info!(
             "guest RAM prefaulted for DMA mapping: {} MiB in {:?} with {} thread(s){}; VmRSS \
              {} MiB (passthrough with {} GiB or more of private memory and CPUs to share it \
@@ -155,8 +169,9 @@ fn settle_ram_map(state: &mut State) {
         return;
     };
     match map.finish() {
-        Ok(()) => state.ram_mapped = true,
-        Err(why) => {
+        ram_dma::MapEnd::Mapped => state.ram_mapped = true,
+        ram_dma::MapEnd::Stopped => {}
+        ram_dma::MapEnd::Failed(why) => {
             state.ram_map_failure.get_or_insert(why);
         }
     }
@@ -196,6 +211,8 @@ impl Passthrough {
             peer_to_peer,
             prefaults,
             state: Mutex::new(State::default()),
+            boot_map: Mutex::new(None),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -229,6 +246,13 @@ impl Passthrough {
             // A hot-plug waits for a mapping still running beside the guest (cold-plugged
             // devices share the one not started yet).
             settle_ram_map(&mut state);
+            if self.stopping.load(Ordering::Acquire) {
+                let total = self.ram.iter().map(|r| r.size).sum();
+                return Err(build_error(
+                    &path,
+                    VfioError::DmaStopped { mapped: 0, total },
+                ));
+            }
         }
         if state.host.is_none() {
             let host = VfioHost::new(&self.vm).map_err(|e| build_error(&path, e))?;
@@ -244,17 +268,19 @@ impl Passthrough {
         }
         if for_boot {
             if !state.ram_mapped && state.ram_map.is_none() {
-                state.ram_map = Some(Arc::new(ram_dma::RamDmaMap::new()));
+                let map = Arc::new(ram_dma::RamDmaMap::new());
+                *self.boot_map.lock().unwrap_or_else(|e| e.into_inner()) = Some(map.clone());
+                state.ram_map = Some(map);
             }
         } else if !state.ram_mapped {
             if let Some(p) = &self.prefaults.hot_plug {
-                prefault_before_map(p);
+                prefault_before_map(p, &self.stopping);
             }
             // SAFETY: the regions are the VM's guest RAM; it stays mapped until after the VM
             // and this container are gone (`release` unmaps it first), and the VMM touches it
-            // only through volatile accesses.
-            let stats =
-                unsafe { host.map_guest_memory(&self.ram) }.map_err(|e| build_error(&id, e))?;
+            // only through volatile accesses. A VM stopping meanwhile ends it between pieces.
+            let stats = unsafe { host.map_guest_memory_until(&self.ram, &self.stopping) }
+                .map_err(|e| build_error(&id, e))?;
             state.ram_mapped = true;
             log_ram_mapped(&stats, "");
         }
@@ -382,6 +408,7 @@ impl Passthrough {
         let ram = self.ram.clone();
         let prefault = self.prefaults.at_start.clone();
         let (filters, exit) = (filters.clone(), exit.clone());
+        let stop = map.stopping();
         let started = Instant::now();
         let map_ram = move || {
             let result = filters
@@ -389,13 +416,23 @@ impl Passthrough {
                 .map_err(|e| crate::error_chain(&e))
                 .and_then(|()| {
                     if let Some(p) = &prefault {
-                        prefault_before_map(p);
+                        prefault_before_map(p, &stop);
                     }
                     // SAFETY: the regions are the VM's guest RAM; it stays mapped until after
                     // the VM and this container are gone (`release` waits for this thread,
                     // then unmaps it), and the VMM touches it only through volatile accesses.
-                    unsafe { host.map_guest_memory(&ram) }.map_err(|e| crate::error_chain(&e))
+                    unsafe { host.map_guest_memory_until(&ram, &stop) }
+                        .map_err(|e| crate::error_chain(&e))
                 });
+            if stop.load(Ordering::Acquire) && result.is_err() {
+                // The VM is stopping: not a failure, and nothing to stop it for.
+                info!(
+                    "guest RAM's DMA mapping given up {:?} after it started: {}",
+                    started.elapsed(),
+                    result.as_ref().err().map_or("", String::as_str)
+                );
+                return result.map(|_| ());
+            }
             match &result {
                 Ok(stats) => log_ram_mapped(
                     stats,
@@ -418,6 +455,22 @@ impl Passthrough {
             device: "guest RAM".to_string(),
             source: BuildError::Thread(e),
         })
+    }
+
+    /// The VM is stopping: a mapping of guest RAM still running beside the guest is told to
+    /// end at its next piece, and a vCPU whose device waits for it is let go (the device stays
+    /// without bus mastering); a hot-plug from now on is refused. Does not wait for the mapping
+    /// ([`Passthrough::finish_ram_map`] does).
+    pub fn stop_ram_map(&self) {
+        self.stopping.store(true, Ordering::Release);
+        if let Some(map) = self
+            .boot_map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            map.stop();
+        }
     }
 
     /// Waits for guest RAM's mapping beside the guest ([`Passthrough::start_ram_map`]) to end.

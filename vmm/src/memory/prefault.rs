@@ -6,7 +6,7 @@
 //! page is touched instead (an atomic add of 0 to one byte, so contents are kept, even in a
 //! running guest).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -71,6 +71,9 @@ pub struct PrefaultStats {
     pub elapsed: Duration,
     /// Whether `MADV_POPULATE_WRITE` was missing and pages were touched one by one.
     pub touched: bool,
+    /// Whether it was stopped before the end ([`prefault_until`]); `bytes` is then what was
+    /// populated.
+    pub stopped: bool,
 }
 
 /// One piece of work: a host address range of guest RAM.
@@ -130,17 +133,35 @@ pub fn prefault(
     hugetlb: bool,
     max_threads: usize,
 ) -> Result<PrefaultStats, MemoryError> {
+    prefault_until(mem, page, hugetlb, max_threads, &AtomicBool::new(false))
+}
+
+/// [`prefault`], but each thread looks at `stop` before each chunk and ends once it is set (the
+/// VM is stopping); the stats then say `stopped`.
+pub fn prefault_until(
+    mem: &GuestMemoryMmap,
+    page: u64,
+    hugetlb: bool,
+    max_threads: usize,
+    stop: &AtomicBool,
+) -> Result<PrefaultStats, MemoryError> {
     let regions: Vec<(usize, u64)> = mem.iter().map(|r| (r.as_ptr() as usize, r.len())).collect();
     let work = chunks(&regions, page, CHUNK);
     let threads = thread_count(work.len(), max_threads);
     let next = AtomicUsize::new(0);
     let no_populate = AtomicBool::new(false);
+    let (populated, stopped) = (AtomicU64::new(0), AtomicBool::new(false));
     let start = Instant::now();
     let failures: Vec<MemoryError> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| -> Result<(), MemoryError> {
                     while let Some(&c) = work.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        if stop.load(Ordering::Acquire) {
+                            stopped.store(true, Ordering::Relaxed);
+                            return Ok(());
+                        }
+                        populated.fetch_add(c.len, Ordering::Relaxed);
                         if no_populate.load(Ordering::Relaxed) {
                             touch(c, page);
                             continue;
@@ -184,10 +205,11 @@ pub fn prefault(
         return Err(e);
     }
     Ok(PrefaultStats {
-        bytes: regions.iter().map(|r| r.1).sum(),
+        bytes: populated.load(Ordering::Relaxed),
         threads,
         elapsed: start.elapsed(),
         touched: no_populate.load(Ordering::Relaxed),
+        stopped: stopped.load(Ordering::Relaxed),
     })
 }
 
@@ -302,9 +324,25 @@ mod tests {
         let (after, _) = super::super::resident_bytes();
         assert_eq!(stats.bytes, 96 << 20);
         assert!(stats.threads >= 1);
+        assert!(!stats.stopped);
         assert!(
             after >= before + (90 << 20),
             "VmRSS grew from {before} to {after} only"
+        );
+    }
+
+    #[test]
+    fn a_prefault_told_to_stop_populates_nothing_more() {
+        let ram = super::super::backing::create(256 << 20, &MemoryBacking::default()).unwrap();
+        let (before, _) = super::super::resident_bytes();
+        let stats =
+            prefault_until(&ram.mem, ram.page_size, false, 2, &AtomicBool::new(true)).unwrap();
+        let (after, _) = super::super::resident_bytes();
+        assert!(stats.stopped);
+        assert_eq!(stats.bytes, 0);
+        assert!(
+            after < before + (64 << 20),
+            "VmRSS grew from {before} to {after}"
         );
     }
 }

@@ -7,14 +7,17 @@
 //! devices are attached with the [`RamDmaMap`]'s gate, the mapping runs beside the booting
 //! guest, and the first write that turns bus mastering on waits for it (see
 //! `vfio_dev::device::DmaReady`). A failed mapping stops the VM; the devices never get bus
-//! mastering.
+//! mastering. A VM that stops while the mapping runs stops it ([`RamDmaMap::stop`]): a vCPU
+//! held at the gate is let go (without bus mastering), and the mapping ends at its next piece
+//! instead of pinning the rest of guest RAM first.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use log::info;
-use vfio_dev::device::DmaReady;
+use vfio_dev::device::{DmaReady, NoDma};
 
 /// Where the mapping is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +27,19 @@ enum MapState {
     /// Guest RAM is mapped: devices may DMA.
     Mapped,
     /// It failed (why): no device gets bus mastering.
+    Failed(String),
+    /// The VM is stopping, so it was given up: no device gets bus mastering.
+    Stopped,
+}
+
+/// How a mapping ended ([`RamDmaMap::finish`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum MapEnd {
+    /// Guest RAM is mapped.
+    Mapped,
+    /// Given up because the VM is stopping; nothing of it is mapped.
+    Stopped,
+    /// It failed (why), or never started; nothing of it is mapped.
     Failed(String),
 }
 
@@ -45,7 +61,7 @@ impl Gate {
 }
 
 impl DmaReady for Gate {
-    fn wait_for_dma(&self, device: &str) -> Result<(), String> {
+    fn wait_for_dma(&self, device: &str) -> Result<(), NoDma> {
         let mut state = self.lock();
         if *state == MapState::Mapping {
             info!(
@@ -56,14 +72,21 @@ impl DmaReady for Gate {
             while *state == MapState::Mapping {
                 state = self.settled.wait(state).unwrap_or_else(|e| e.into_inner());
             }
-            info!(
-                "{device}: bus mastering on, after {:?} waiting for the DMA map",
-                waited.elapsed()
-            );
+            match &*state {
+                MapState::Mapped => info!(
+                    "{device}: bus mastering on, after {:?} waiting for the DMA map",
+                    waited.elapsed()
+                ),
+                _ => info!(
+                    "{device}: no longer held, after {:?} waiting for the DMA map",
+                    waited.elapsed()
+                ),
+            }
         }
         match &*state {
             MapState::Mapped => Ok(()),
-            MapState::Failed(why) => Err(format!("guest RAM could not be DMA-mapped: {why}")),
+            MapState::Failed(why) => Err(NoDma::MapFailed(why.clone())),
+            MapState::Stopped => Err(NoDma::Stopping),
             MapState::Mapping => unreachable!("the loop above waits until it settles"),
         }
     }
@@ -85,6 +108,8 @@ impl Drop for SettleOnPanic {
 /// before the devices are attached (they get [`RamDmaMap::gate`]), started once they are.
 pub(crate) struct RamDmaMap {
     gate: Arc<Gate>,
+    /// Set by [`RamDmaMap::stop`]; the mapping looks at it between pieces.
+    stopping: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<Result<(), String>>>>,
 }
 
@@ -96,7 +121,25 @@ impl RamDmaMap {
                 state: Mutex::new(MapState::Mapping),
                 settled: Condvar::new(),
             }),
+            stopping: Arc::new(AtomicBool::new(false)),
             thread: Mutex::new(None),
+        }
+    }
+
+    /// What the mapping should look at between pieces of work: set once the VM is stopping.
+    pub(crate) fn stopping(&self) -> Arc<AtomicBool> {
+        self.stopping.clone()
+    }
+
+    /// The VM is stopping: lets go of every vCPU waiting at the gate (their devices stay
+    /// without bus mastering) and tells the mapping to end at its next piece. Does not wait
+    /// for it ([`RamDmaMap::finish`] does). Nothing changes for a mapping that already ended.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let mut state = self.gate.lock();
+        if *state == MapState::Mapping {
+            *state = MapState::Stopped;
+            self.gate.settled.notify_all();
         }
     }
 
@@ -105,13 +148,14 @@ impl RamDmaMap {
         self.gate.clone()
     }
 
-    /// Runs `map` on a thread named `dma-map`; its result settles the gate. `Err` (and the
-    /// gate failed) when the thread cannot be started.
+    /// Runs `map` on a thread named `dma-map`; its result settles the gate (an `Err` after
+    /// [`RamDmaMap::stop`] counts as stopped). `Err` (and the gate failed) when the thread
+    /// cannot be started.
     pub(crate) fn start(
         &self,
         map: impl FnOnce() -> Result<(), String> + Send + 'static,
     ) -> std::io::Result<()> {
-        let gate = self.gate.clone();
+        let (gate, stopping) = (self.gate.clone(), self.stopping.clone());
         let spawned = std::thread::Builder::new()
             .name("dma-map".to_string())
             .spawn(move || {
@@ -120,6 +164,7 @@ impl RamDmaMap {
                 let result = map();
                 gate.settle(match &result {
                     Ok(()) => MapState::Mapped,
+                    Err(_) if stopping.load(Ordering::Acquire) => MapState::Stopped,
                     Err(why) => MapState::Failed(why.clone()),
                 });
                 result
@@ -137,9 +182,9 @@ impl RamDmaMap {
         }
     }
 
-    /// Waits for the mapping to end and says how it went: `Ok` when guest RAM is mapped. A
-    /// mapping never started counts as failed. Later calls return the same answer.
-    pub(crate) fn finish(&self) -> Result<(), String> {
+    /// Waits for the mapping to end and says how it went. A mapping never started counts as
+    /// failed (or stopped, after [`RamDmaMap::stop`]). Later calls return the same answer.
+    pub(crate) fn finish(&self) -> MapEnd {
         let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(handle) = handle {
             if handle.join().is_err() {
@@ -148,9 +193,10 @@ impl RamDmaMap {
             }
         }
         match &*self.gate.lock() {
-            MapState::Mapped => Ok(()),
-            MapState::Failed(why) => Err(why.clone()),
-            MapState::Mapping => Err("it was never started".to_string()),
+            MapState::Mapped => MapEnd::Mapped,
+            MapState::Stopped => MapEnd::Stopped,
+            MapState::Failed(why) => MapEnd::Failed(why.clone()),
+            MapState::Mapping => MapEnd::Failed("it was never started".to_string()),
         }
     }
 }
@@ -179,32 +225,75 @@ mod tests {
         );
         go.send(()).unwrap();
         assert_eq!(waiter.join().unwrap(), Ok(()));
-        assert_eq!(map.finish(), Ok(()));
-        // Once mapped, the gate answers at once, and so does finish.
+        assert_eq!(map.finish(), MapEnd::Mapped);
+        // Once mapped, the gate answers at once, and so does finish; a late stop changes
+        // nothing.
+        map.stop();
         assert_eq!(map.gate().wait_for_dma("dev"), Ok(()));
-        assert_eq!(map.finish(), Ok(()));
+        assert_eq!(map.finish(), MapEnd::Mapped);
     }
 
     #[test]
     fn a_failed_mapping_refuses_every_device() {
         let map = RamDmaMap::new();
         map.start(|| Err("ENOMEM".to_string())).unwrap();
-        assert_eq!(map.finish(), Err("ENOMEM".to_string()));
-        let answer = map.gate().wait_for_dma("dev").unwrap_err();
-        assert!(answer.contains("ENOMEM"), "{answer}");
+        assert_eq!(map.finish(), MapEnd::Failed("ENOMEM".to_string()));
+        let answer = map.gate().wait_for_dma("dev");
+        assert_eq!(answer, Err(NoDma::MapFailed("ENOMEM".to_string())));
     }
 
     #[test]
     fn a_panicking_mapping_counts_as_failed() {
         let map = RamDmaMap::new();
         map.start(|| panic!("boom")).unwrap();
-        assert_eq!(map.finish(), Err("its thread panicked".to_string()));
+        assert_eq!(
+            map.finish(),
+            MapEnd::Failed("its thread panicked".to_string())
+        );
         assert!(map.gate().wait_for_dma("dev").is_err());
     }
 
     #[test]
     fn a_mapping_never_started_is_not_mapped() {
         let map = RamDmaMap::new();
-        assert!(map.finish().is_err());
+        assert!(matches!(map.finish(), MapEnd::Failed(_)));
+    }
+
+    #[test]
+    fn a_stop_lets_a_waiting_vcpu_go_and_ends_the_mapping_at_its_next_piece() {
+        let map = RamDmaMap::new();
+        let gate = map.gate();
+        let stopping = map.stopping();
+        let (piece_done, pieces) = mpsc::channel::<usize>();
+        // A mapping of 100 pieces that looks at the flag before each, as the real one does.
+        map.start(move || {
+            for n in 0..100 {
+                if stopping.load(Ordering::Acquire) {
+                    return Err(format!("stopped after {n} pieces"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                let _ = piece_done.send(n);
+            }
+            Ok(())
+        })
+        .unwrap();
+        let waiter = std::thread::spawn(move || gate.wait_for_dma("dev"));
+        pieces.recv().unwrap();
+        assert!(!waiter.is_finished(), "the vCPU went before the stop");
+        map.stop();
+        assert_eq!(waiter.join().unwrap(), Err(NoDma::Stopping));
+        assert_eq!(map.finish(), MapEnd::Stopped);
+        let mapped = pieces.try_iter().count() + 1;
+        assert!(mapped < 100, "the mapping ran to its end: {mapped} pieces");
+        // Later devices are refused at once.
+        assert_eq!(map.gate().wait_for_dma("dev"), Err(NoDma::Stopping));
+    }
+
+    #[test]
+    fn a_mapping_stopped_before_it_started_is_stopped() {
+        let map = RamDmaMap::new();
+        map.stop();
+        assert_eq!(map.finish(), MapEnd::Stopped);
+        assert_eq!(map.gate().wait_for_dma("dev"), Err(NoDma::Stopping));
     }
 }
