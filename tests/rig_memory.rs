@@ -8,7 +8,10 @@
 
 mod common;
 
-use common::{device_path, marker_token, vfio_bind, viaduct_command, RigHost, RigRun, SLOT_NVME_A};
+use common::{
+    device_path, marker_token, vfio_bind, viaduct_command, viaduct_stopped_by_sigterm, RigHost,
+    RigRun, SLOT_NVME_A,
+};
 
 fn guest_args(marker: &str, action: &str, more: &str) -> String {
     format!(
@@ -232,25 +235,6 @@ fn prefaulted_ram_is_resident_before_the_guest_starts() {
     line_with(run, "DMA-mapped");
 }
 
-/// Scenario lines that start viaduct with `args` in the background, send it SIGTERM once its
-/// log says the guest's driver waits at the DMA-map gate (or after 120 s), and print its log and
-/// exit status as [`viaduct_command`] does.
-fn viaduct_stopped_at_the_gate(args: &str) -> String {
-    format!(
-        "echo \"RIG-VIADUCT-START uptime=$(cut -d' ' -f1 /proc/uptime)\"\n\
-         ( rig-bounded {secs} viaduct -v {args} >/tmp/gate.log 2>&1; echo $? >/tmp/gate.status ) &\n\
-         n=0; while ! grep -q 'holding it until the mapping is done' /tmp/gate.log \
-         && [ $n -lt 600 ]; do sleep 0.2; n=$((n+1)); done\n\
-         echo \"RIG-SIGTERM uptime=$(cut -d' ' -f1 /proc/uptime)\"\n\
-         kill -TERM $(pidof viaduct)\n\
-         wait\n\
-         sed 's/^viaduct/{prefix}viaduct/' /tmp/gate.log\n\
-         echo \"VIADUCT-EXIT=$(cat /tmp/gate.status) uptime=$(cut -d' ' -f1 /proc/uptime)\"\n",
-        secs = common::VIADUCT_TIMEOUT_SECS,
-        prefix = common::VIADUCT_STDERR_PREFIX,
-    )
-}
-
 /// A VM stopped (SIGTERM) while guest RAM is still being DMA-mapped beside its boot, with the
 /// guest's NVMe driver held at the gate that keeps bus mastering off until the mapping is done:
 /// the vCPU is let go at once (the device stays without bus mastering), the mapping ends at its
@@ -266,11 +250,10 @@ fn a_vm_stopped_while_its_ram_is_dma_mapped_stops_the_mapping_and_gives_the_devi
     let marker = marker_token();
     let device = format!("--device {}", device_path(&disk.bdf));
     let scenario = vfio_bind(&[&disk.bdf], &[])
-        + &viaduct_stopped_at_the_gate(&guest_args(
-            &marker,
-            "nvme-io",
-            &format!("--memory size=3G {device}"),
-        ))
+        + &viaduct_stopped_by_sigterm(
+            &guest_args(&marker, "nvme-io", &format!("--memory size=3G {device}")),
+            "holding it until the mapping is done",
+        )
         + &viaduct_command(&guest_args(
             &marker,
             "nvme-io",

@@ -13,8 +13,8 @@ mod common;
 
 use common::{
     device_path, l2_nvme_marker, marker_token, pci_capabilities, vfio_bind, viaduct_command,
-    NvmeDisk, RigHost, RigRun, IVSHMEM_ID, NVME_ID, SLOT_BRIDGE, SLOT_EDU, SLOT_IVSHMEM,
-    SLOT_NVME_A, SLOT_NVME_B, VIADUCT_TIMED_OUT,
+    viaduct_stopped_by_sigterm, NvmeDisk, RigHost, RigRun, IVSHMEM_ID, NVME_ID, SLOT_BRIDGE,
+    SLOT_EDU, SLOT_IVSHMEM, SLOT_NVME_A, SLOT_NVME_B, VIADUCT_TIMED_OUT,
 };
 
 /// The ivshmem BAR size: a 64-bit BAR larger than the 32-bit hole. 4 GiB is what the tests
@@ -442,20 +442,6 @@ fn mmio_exits_do_not_grow_with_io() {
     );
 }
 
-/// A scenario line set that starts viaduct in the background with `args`, waits until the guest
-/// holds, stops viaduct with SIGTERM and prints its output and exit status.
-fn viaduct_stopped_by_sigterm(args: &str) -> String {
-    format!(
-        "echo \"RIG-VIADUCT-START uptime=$(cut -d' ' -f1 /proc/uptime)\"\n\
-         ( viaduct -v {args} >/tmp/held.log 2>&1; echo $? >/tmp/held.status ) &\n\
-         n=0; while ! grep -q GUEST-HOLDING /tmp/held.log && [ $n -lt 180 ]; do sleep 1; n=$((n+1)); done\n\
-         kill -TERM $(pidof viaduct)\n\
-         wait\n\
-         sed 's/^viaduct/VIADUCT-STDERR| viaduct/' /tmp/held.log\n\
-         echo \"VIADUCT-EXIT=$(cat /tmp/held.status)\"\n"
-    )
-}
-
 #[test]
 fn device_is_released_after_guest_panic_and_sigterm() {
     let test = "device_is_released_after_guest_panic_and_sigterm";
@@ -470,10 +456,13 @@ fn device_is_released_after_guest_panic_and_sigterm() {
             &format!("viaduct_marker={marker} viaduct_action=nvme-io,panic viaduct_write=p"),
             &device,
         ))
-        + &viaduct_stopped_by_sigterm(&guest_args(
-            &format!("viaduct_marker={marker} viaduct_action=nvme-io,hold viaduct_write=h"),
-            &device,
-        ))
+        + &viaduct_stopped_by_sigterm(
+            &guest_args(
+                &format!("viaduct_marker={marker} viaduct_action=nvme-io,hold viaduct_write=h"),
+                &device,
+            ),
+            "GUEST-HOLDING",
+        )
         + &viaduct_command(&guest_args(
             &format!("viaduct_marker={marker} viaduct_action=nvme-io viaduct_write=after"),
             &device,

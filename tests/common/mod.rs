@@ -226,6 +226,25 @@ pub fn viaduct_command(args: &str) -> String {
     )
 }
 
+/// Scenario lines that start `viaduct -v <args>` in the background (bounded like
+/// [`viaduct_command`]), send it SIGTERM once its output (guest console and stderr) has a line
+/// with `wait_for` (or after 180 s), and print its output and exit status as
+/// [`viaduct_command`] does.
+pub fn viaduct_stopped_by_sigterm(args: &str, wait_for: &str) -> String {
+    format!(
+        "echo \"RIG-VIADUCT-START uptime=$(cut -d' ' -f1 /proc/uptime)\"\n\
+         ( rig-bounded {VIADUCT_TIMEOUT_SECS} viaduct -v {args} >/tmp/held.log 2>&1; \
+         echo $? >/tmp/held.status ) &\n\
+         n=0; while ! grep -q '{wait_for}' /tmp/held.log && [ $n -lt 900 ]; do sleep 0.2; \
+         n=$((n+1)); done\n\
+         echo \"RIG-SIGTERM uptime=$(cut -d' ' -f1 /proc/uptime)\"\n\
+         kill -TERM $(pidof viaduct)\n\
+         wait\n\
+         sed 's/^viaduct/{VIADUCT_STDERR_PREFIX}viaduct/' /tmp/held.log\n\
+         echo \"VIADUCT-EXIT=$(cat /tmp/held.status) uptime=$(cut -d' ' -f1 /proc/uptime)\"\n"
+    )
+}
+
 /// Splits log text into lines without the terminal's carriage returns.
 fn clean_lines(text: &str) -> impl Iterator<Item = &str> {
     text.split('\n')
