@@ -235,7 +235,7 @@ fn cloud_image_boots_from_qcow2_on_hvc0_with_a_nic_and_an_overlay_keeps_the_gues
     // The console: with no UART every GUEST- line above came through hvc0, and so did
     // systemd's login prompt (a getty on the kernel's console=hvc0).
     assert!(
-        run.log.contains("viaduct-cloud login:"),
+        run.console_printed("viaduct-cloud login:"),
         "no login prompt on hvc0\n{context}"
     );
     // The NIC: network-config gave it its address, and HTTP went both ways.

@@ -287,6 +287,65 @@ fn values_in<'a>(text: &'a str, key: &str) -> Vec<(usize, &'a str)> {
     found
 }
 
+/// `text` without the lines other writers put in the middle of a line: each `RIG-…=` or
+/// `GUEST-…=` line and each kernel message (`[ 12.345678] …`) is cut from where it starts to
+/// its newline, so the line it split reads whole again.
+///
+/// rig_qcow2, 2026-12-04: the guest's `GUEST-NET-IF=…` line landed between agetty's
+/// `viaduct-cloud ` and its `login: `.
+fn without_inserted_lines(text: &str) -> String {
+    let mut kept = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = inserted_line_start(rest) {
+        kept.push_str(&rest[..start]);
+        rest = rest[start..]
+            .find('\n')
+            .map_or("", |nl| &rest[start + nl + 1..]);
+    }
+    kept.push_str(rest);
+    kept
+}
+
+/// Where in `text` the first line of [`without_inserted_lines`]' kinds starts.
+fn inserted_line_start(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    (0..text.len()).find(|&i| {
+        if !text.is_char_boundary(i) {
+            return false;
+        }
+        let glued = i > 0 && {
+            let before = bytes[i - 1];
+            before.is_ascii_uppercase() || before == b'-' || before == b'_'
+        };
+        let tail = &text[i..];
+        let marked = !glued
+            && is_marked_key(tail)
+            && tail.find('=').is_some_and(|eq| {
+                tail[..eq]
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-')
+            });
+        marked || is_kernel_timestamp(tail)
+    })
+}
+
+/// Whether `text` starts with a kernel message's `[ seconds.micros]`.
+fn is_kernel_timestamp(text: &str) -> bool {
+    let Some(inner) = text.strip_prefix('[') else {
+        return false;
+    };
+    let Some((stamp, _)) = inner.split_once(']') else {
+        return false;
+    };
+    let Some((secs, micros)) = stamp.trim_start().split_once('.') else {
+        return false;
+    };
+    !secs.is_empty()
+        && secs.bytes().all(|b| b.is_ascii_digit())
+        && micros.len() == 6
+        && micros.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// Whether `key` is one of the rig's own (`RIG-…`, `GUEST-…`).
 fn is_marked_key(key: &str) -> bool {
     key.starts_with("RIG-") || key.starts_with("GUEST-")
@@ -326,6 +385,12 @@ impl RigRun {
     /// Where in the log (a byte offset into the cleaned lines) `KEY=` first appears.
     pub fn position(&self, key: &str) -> Option<usize> {
         values_in(&self.log, key).first().map(|&(p, _)| p)
+    }
+
+    /// Whether the console printed `text`, also when a `RIG-`/`GUEST-` line or a kernel
+    /// message landed in the middle of it (see [`without_inserted_lines`]).
+    pub fn console_printed(&self, text: &str) -> bool {
+        self.log.contains(text) || without_inserted_lines(&self.log).contains(text)
     }
 
     /// A `GUEST-<name>=` value the guest's init printed, e.g. `guest("MARKER")`.
@@ -1232,6 +1297,38 @@ mod tests {
         assert!(values_in(text, "GUEST-CPUS").is_empty());
         assert_eq!(values_in(text, "GUEST-CPUS-ONLINE").len(), 1);
         assert!(values_in(text, "NET-FROM-HOST").is_empty());
+    }
+
+    #[test]
+    fn a_prompt_split_by_another_writer_reads_whole() {
+        // rig_qcow2, 2026-12-04 (CI): the guest's line landed inside agetty's prompt.
+        let text = "Debian GNU/Linux 12 viaduct-cloud hvc0\r\n\r\nviaduct-cloud GUEST-NET-IF=\
+                    enp0s5,52:54:00:0a:00:02,virtio_net,169.254.10.2/16\r\nlogin: [   34.492983] \
+                    cloud-init[327]: Running as unit: viaduct-rig-www.service\r\nGUEST-X=1\n";
+        let whole = without_inserted_lines(text);
+        assert!(whole.contains("viaduct-cloud login: "), "{whole:?}");
+        assert!(
+            !whole.contains("GUEST-") && !whole.contains("cloud-init[327]"),
+            "{whole:?}"
+        );
+        assert!(
+            whole.contains("hvc0\r\n\r\n"),
+            "lines of its own stay: {whole:?}"
+        );
+        // A kernel message at a line's start goes too; brackets that are not one stay, and so
+        // does a longer name ending in a marked key.
+        let other = "[ 1.000001] x\n[1.5] y [12.34567] XGUEST-A=1 cloud-init[300]: z\n";
+        assert_eq!(
+            without_inserted_lines(other),
+            "[1.5] y [12.34567] XGUEST-A=1 cloud-init[300]: z\n"
+        );
+        let run = RigRun {
+            log: text.to_string(),
+            log_path: PathBuf::from("x"),
+            seconds: 0.0,
+        };
+        assert!(run.console_printed("viaduct-cloud login:"));
+        assert!(!run.console_printed("viaduct-cloud hvc0 login:"));
     }
 
     #[test]
