@@ -4,9 +4,10 @@
 //!
 //! The devices are held by a [`ManagedDevices`] guard, so they are given back on every way out
 //! of `vmm::run`: a power-off, a guest crash, SIGTERM (which the VMM turns into an error
-//! return), a VMM error, and a panic that unwinds through here. Only a SIGKILL (or a signal
-//! before the VMM installs its handlers) skips that; the state file then still names them for
-//! `viaduct unbind`.
+//! return), a VMM error, and a panic that unwinds through here. The termination handlers are
+//! installed before the devices are bound, so a SIGTERM while they are being bound stops the
+//! VM before it is built and still gives them back. Only a SIGKILL skips that; the state file
+//! then still names them for `viaduct unbind`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -19,6 +20,10 @@ use crate::error_chain;
 
 /// Runs the VM described by `config` and returns viaduct's exit status.
 pub fn run(config: VmConfig) -> ExitCode {
+    if let Err(e) = vmm::signals::install() {
+        eprintln!("viaduct: error: {}", error_chain(&e));
+        return ExitCode::FAILURE;
+    }
     let managed: Vec<&Path> = config
         .devices
         .iter()
@@ -37,7 +42,10 @@ pub fn run(config: VmConfig) -> ExitCode {
         }
     };
 
-    let outcome = vmm::run(config);
+    let outcome = match vmm::signals::received() {
+        Some(name) => Err(vmm::Error::Signal(name)),
+        None => vmm::run(config),
+    };
 
     let mut restored = true;
     if let Some(g) = guard.as_mut() {

@@ -239,7 +239,9 @@ fn prefaulted_ram_is_resident_before_the_guest_starts() {
 /// guest's NVMe driver held at the gate that keeps bus mastering off until the mapping is done:
 /// the vCPU is let go at once (the device stays without bus mastering), the mapping ends at its
 /// next 1 GiB piece instead of pinning the rest of the 3 GiB, viaduct stops cleanly, and the
-/// next VM gets the device and reads the disk through it.
+/// next VM gets the device and reads the disk through it. A VM stopped during its
+/// `prefault=on` (before its guest and its devices exist) stops the prefault at its next chunk
+/// and says so, instead of dying of the signal with no message.
 #[test]
 fn a_vm_stopped_while_its_ram_is_dma_mapped_stops_the_mapping_and_gives_the_device_back() {
     let test =
@@ -254,6 +256,14 @@ fn a_vm_stopped_while_its_ram_is_dma_mapped_stops_the_mapping_and_gives_the_devi
             &guest_args(&marker, "nvme-io", &format!("--memory size=3G {device}")),
             "holding it until the mapping is done",
         )
+        + &viaduct_stopped_by_sigterm(
+            &guest_args(
+                &marker,
+                "nvme-io",
+                &format!("--memory size=3G,prefault=on {device}"),
+            ),
+            "prefaulting guest RAM",
+        )
         + &viaduct_command(&guest_args(
             &marker,
             "nvme-io",
@@ -261,7 +271,7 @@ fn a_vm_stopped_while_its_ram_is_dma_mapped_stops_the_mapping_and_gives_the_devi
         ));
     let all = host.run(&scenario);
     let runs = all.viaduct_runs();
-    assert_eq!(runs.len(), 2, "two viaduct runs\n{}", all.context());
+    assert_eq!(runs.len(), 3, "three viaduct runs\n{}", all.context());
 
     let run = &runs[0];
     let context = run.context();
@@ -294,7 +304,27 @@ fn a_vm_stopped_while_its_ram_is_dma_mapped_stops_the_mapping_and_gives_the_devi
     line_with(run, "stopped by signal SIGTERM");
     line_with(run, "releasing 1 passthrough device");
 
-    let after = &runs[1];
+    // SIGTERM during prefault=on: the prefault ends early, no guest starts.
+    let run = &runs[1];
+    let context = run.context();
+    let stderr = run.viaduct_stderr();
+    let started = line_with(run, "prefaulting guest RAM: 3072 MiB");
+    let stopped = line_with(run, "guest RAM prefault stopped by SIGTERM after");
+    assert!(
+        started < stopped && stderr[stopped].contains("of 3072 MiB"),
+        "{}\n{context}",
+        stderr[stopped]
+    );
+    for never in ["guest RAM prefaulted:", "entering the kernel"] {
+        assert!(
+            !stderr.iter().any(|l| l.contains(never)),
+            "'{never}' in a VM stopped during its prefault\n{context}"
+        );
+    }
+    assert_eq!(run.viaduct_exit(), Some(1), "{context}");
+    line_with(run, "stopped by signal SIGTERM");
+
+    let after = &runs[2];
     let context = after.context();
     assert_eq!(after.viaduct_exit(), Some(0), "{context}");
     assert_eq!(

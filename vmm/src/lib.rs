@@ -20,7 +20,7 @@ pub mod memory;
 mod nets;
 mod passthrough;
 pub mod seccomp;
-mod signals;
+pub mod signals;
 mod vcpu;
 mod vm;
 
@@ -302,6 +302,10 @@ fn create_hotplug(vm: &kvm_ioctls::VmFd, mmio: &Bus, segments: u16) -> Result<Ho
 /// Boots the VM described by `config` and runs it until it stops.
 pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     let started = Instant::now();
+    // Before anything that takes long or holds host state (the launcher has installed them
+    // already; again does no harm): a SIGTERM from here on is recorded and stops the VM
+    // cleanly (see `signals`).
+    signals::install()?;
     // The API socket first: a path that cannot be used stops viaduct before anything is built.
     let mut api_listener = match &config.api {
         Some(api) => Some(api::ApiListener::open(&api.socket)?),
@@ -338,12 +342,28 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
         started.elapsed()
     );
     if config.memory.prefault == Some(true) {
-        let stats = memory::prefault(
+        let threads = memory::available_cpus();
+        info!(
+            "prefaulting guest RAM: {} MiB with up to {threads} thread(s)",
+            config.memory_bytes >> 20
+        );
+        let stats = memory::prefault_until(
             &ram.mem,
             ram.page_size,
             ram.hugetlb,
-            memory::available_cpus(),
+            threads,
+            signals::terminating(),
         )?;
+        if let (true, Some(name)) = (stats.stopped, signals::received()) {
+            info!(
+                "guest RAM prefault stopped by {name} after {} of {} MiB, {:?}; no guest was \
+                 started",
+                stats.bytes >> 20,
+                config.memory_bytes >> 20,
+                stats.elapsed
+            );
+            return Err(Error::Signal(name));
+        }
         let (rss, hugetlb) = memory::resident_bytes();
         info!(
             "guest RAM prefaulted: {} MiB in {:?} with {} thread(s){}; VmRSS {} MiB, \
@@ -595,7 +615,7 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
         ));
     }
 
-    signals::install(&exit)?;
+    signals::stop_vm_on_termination(&exit)?;
     let resize = match resizer {
         Some(resizer) => {
             let event = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
