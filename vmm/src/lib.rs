@@ -19,6 +19,7 @@ mod legacy;
 pub mod memory;
 mod nets;
 mod passthrough;
+mod payload;
 pub mod seccomp;
 pub mod signals;
 mod vcpu;
@@ -141,6 +142,9 @@ pub enum Error {
         /// The OS error.
         source: vmm_sys_util::errno::Error,
     },
+    /// The thread that loads the kernel and initramfs could not be started.
+    #[error("cannot start the thread that loads the kernel and initramfs")]
+    PayloadThread(#[source] std::io::Error),
     /// A vCPU thread could not be started.
     #[error("cannot start the thread for vCPU {0}")]
     VcpuThread(u8, #[source] std::io::Error),
@@ -385,6 +389,16 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     // A wrong --kernel stops viaduct here, before any device is opened; it is loaded later,
     // while guest RAM is DMA-mapped.
     arch::boot::probe_kernel(&config.kernel)?;
+    // The kernel and initramfs go into guest RAM on a thread of their own while the VM and its
+    // devices are built, and beside the DMA mapping of guest RAM once that starts (both fault
+    // its pages in; whichever comes first saves the other the work). Declared after `ram`, so
+    // it is joined before guest RAM is unmapped.
+    let payload = payload::PayloadLoad::start(
+        ram.mem.clone(),
+        config.kernel.clone(),
+        config.initramfs.clone(),
+        config.memory_bytes,
+    )?;
     let kvm = vm::open_kvm()?;
     let vm = Arc::new(vm::create_vm(&kvm)?);
     memory::register_memory(&vm, &mem)?;
@@ -533,25 +547,23 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     // Guest RAM is DMA-mapped beside the booting guest; bus mastering waits for it.
     pci_devices.passthrough.start_ram_map(&filters, &exit)?;
 
-    // The kernel and initramfs go into guest RAM while that mapping runs (both fault its pages
-    // in; whichever comes first saves the other the work).
-    let loading = Instant::now();
-    let kernel = arch::boot::load_kernel(&mem, &config.kernel)?;
+    let waiting = Instant::now();
+    let payload::Payload {
+        kernel,
+        kernel_took,
+        initramfs,
+        initramfs_took,
+    } = payload.wait()?;
     info!(
-        "kernel {}: {}, loaded in {:?}",
+        "kernel {}: {}, loaded in {kernel_took:?}{}, beside the VM's build; waited {:?} for it",
         config.kernel.display(),
         kernel.image,
-        loading.elapsed()
+        match &config.initramfs {
+            Some(path) => format!(", initramfs {} in {initramfs_took:?}", path.display()),
+            None => String::new(),
+        },
+        waiting.elapsed()
     );
-    let initramfs = match &config.initramfs {
-        Some(path) => Some(arch::boot::load_initramfs(
-            &mem,
-            path,
-            &kernel,
-            config.memory_bytes,
-        )?),
-        None => None,
-    };
 
     let mut acpi = arch::acpi::AcpiConfig::new(config.boot_vcpus);
     acpi.serial = config.serial != config::SerialMode::Off;
