@@ -386,8 +386,8 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     }
     // `ram` itself stays alive to the end (it owns the host mappings behind `mem`).
     let mem = ram.mem.clone();
-    // A wrong --kernel stops viaduct here, before any device is opened; it is loaded later,
-    // while guest RAM is DMA-mapped.
+    // A wrong --kernel stops viaduct here, before any device is opened; the load itself
+    // starts next, on a thread of its own.
     arch::boot::probe_kernel(&config.kernel)?;
     // The kernel and initramfs go into guest RAM on a thread of their own while the VM and its
     // devices are built, and beside the DMA mapping of guest RAM once that starts (both fault
