@@ -88,6 +88,22 @@ pub struct IrqError {
     pub detail: String,
 }
 
+/// Who resets a function between one guest and the next. A reset is not free (an FLR waits
+/// 100 ms, a GPU's secondary bus reset a second or more), so a device is reset once each way,
+/// not twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetDuty {
+    /// A PCI function bound to vfio-pci (or a variant driver built on vfio-pci-core). The
+    /// kernel resets it itself when its VFIO fd is first opened, and again when the fd is last
+    /// closed, whenever the function has a reset method (`VFIO_DEVICE_FLAGS_RESET` is set
+    /// exactly when the reset at open worked). viaduct opens a device once at a time, so a
+    /// `VFIO_DEVICE_RESET` of its own would only repeat the kernel's.
+    Kernel,
+    /// A mediated device: what its vendor driver does at open and close is its own, so viaduct
+    /// asks for `VFIO_DEVICE_RESET` before the guest sees it and after the guest is gone.
+    Vmm,
+}
+
 /// What `VFIO_DEVICE_RESET` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResetOutcome {
@@ -118,6 +134,9 @@ pub trait VfioDeviceAccess: Send + Sync {
     fn set_intx_unmask_fd(&self, resample: &EventFd) -> Result<(), IrqError>;
     /// Unmasks INTx now.
     fn unmask_intx(&self) -> Result<(), IrqError>;
+    /// Whether the function has a reset method VFIO can use (`VFIO_DEVICE_FLAGS_RESET`), or
+    /// the errno of `VFIO_DEVICE_GET_INFO`.
+    fn reset_supported(&self) -> Result<bool, i32>;
     /// Resets the function if it supports reset, and says what happened.
     fn reset(&self) -> ResetOutcome;
     /// The device fd, for mmapping regions.
@@ -193,7 +212,7 @@ impl VfioDeviceAccess for VfioDevice {
             .map_err(|e| irq_error("INTx unmask", e))
     }
 
-    fn reset(&self) -> ResetOutcome {
+    fn reset_supported(&self) -> Result<bool, i32> {
         let mut info = vfio_device_info {
             argsz: std::mem::size_of::<vfio_device_info>() as u32,
             ..Default::default()
@@ -202,12 +221,16 @@ impl VfioDeviceAccess for VfioDevice {
         // kernel writes at most that much. The fd is a VFIO device.
         let ret = unsafe { ioctl_with_mut_ref(self, VFIO_DEVICE_GET_INFO(), &mut info) };
         if ret < 0 {
-            return ResetOutcome::Failed(
-                std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
-            );
+            return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
         }
-        if info.flags & VFIO_DEVICE_FLAGS_RESET == 0 {
-            return ResetOutcome::Unsupported;
+        Ok(info.flags & VFIO_DEVICE_FLAGS_RESET != 0)
+    }
+
+    fn reset(&self) -> ResetOutcome {
+        match self.reset_supported() {
+            Err(errno) => return ResetOutcome::Failed(errno),
+            Ok(false) => return ResetOutcome::Unsupported,
+            Ok(true) => {}
         }
         // SAFETY: VFIO_DEVICE_RESET takes no argument; the fd is a VFIO device.
         let ret = unsafe { ioctl(self, VFIO_DEVICE_RESET()) };

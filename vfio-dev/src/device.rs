@@ -1,6 +1,6 @@
 //! [`VfioPciDevice`]: a host VFIO device presented to the guest as a PCI function.
 //!
-//! Construction resets the device, reads its config space, sizes its BARs, builds the MSI/MSI-X
+//! Construction makes sure the device was reset (see [`ResetDuty`]), reads its config space, sizes its BARs, builds the MSI/MSI-X
 //! models from its capabilities, wires INTx and (optionally) adds the GPUDirect clique
 //! capability. Afterwards the VMM allocates the BARs (`bars`, `set_bar_address`), mmaps the
 //! [`VfioPciDevice::mmap_areas`] from the device fd, and routes config accesses and trapped BAR
@@ -23,7 +23,7 @@ use pci::error::PciError;
 use pci::msi::{Msi, MsiFeatures};
 use pci::msix::{Msix, MsixLayout, MsixRegion};
 
-use crate::access::{irq, region, ResetOutcome, VfioDeviceAccess};
+use crate::access::{irq, region, ResetDuty, ResetOutcome, VfioDeviceAccess};
 use crate::bars::{self, HostBar};
 use crate::clique::MAX_CLIQUE_ID;
 use crate::config::VirtualConfig;
@@ -127,12 +127,14 @@ pub struct VfioPciDevice {
     config: VirtualConfig,
     irqs: Interrupts,
     clique_offset: Option<u8>,
+    reset: ResetDuty,
     released: bool,
 }
 
 impl VfioPciDevice {
-    /// Resets and inspects the device behind `access`, and wires its interrupts through
-    /// `router`. `intx_gsi` is the GSI (IOAPIC pin) for INTx, `None` to leave INTx unwired.
+    /// Inspects the device behind `access`, reset by the kernel as it was opened or, when
+    /// `reset` says so, by viaduct first, and wires its interrupts through `router`. `intx_gsi`
+    /// is the GSI (IOAPIC pin) for INTx, `None` to leave INTx unwired.
     /// The GPUDirect clique capability is added afterwards, once peer-to-peer DMA is known to
     /// work ([`VfioPciDevice::add_gpudirect_clique`]).
     pub fn new(
@@ -140,8 +142,9 @@ impl VfioPciDevice {
         access: Arc<dyn VfioDeviceAccess>,
         router: Arc<dyn InterruptRouter>,
         intx_gsi: Option<Gsi>,
+        reset: ResetDuty,
     ) -> Result<Self, DeviceError> {
-        log_reset(&name, access.reset(), "before the guest sees it");
+        reset_or_log(&name, &*access, reset, Moment::Open);
         let image = read_image(&name, &*access)?;
         let bars = bars::discover(&name, &*access).map_err(|reason| DeviceError::Bar {
             device: name.clone(),
@@ -201,6 +204,7 @@ impl VfioPciDevice {
             config,
             irqs,
             clique_offset: None,
+            reset,
             released: false,
         })
     }
@@ -307,12 +311,13 @@ impl VfioPciDevice {
     }
 
     /// The guest is gone: turn everything off ([`VfioPciDevice::shutdown`]) and reset the
-    /// device, so the next VM gets it clean rather than as this guest left it.
+    /// device (or leave that to the kernel as its fd closes, see [`ResetDuty`]), so the next VM
+    /// gets it clean rather than as this guest left it.
     pub fn release(&mut self) {
         self.shutdown();
         if !self.released {
             self.released = true;
-            log_reset(&self.name, self.access.reset(), "after the guest");
+            reset_or_log(&self.name, &*self.access, self.reset, Moment::Close);
         }
     }
 
@@ -431,6 +436,37 @@ pub fn probe_bars(name: &str, access: &dyn VfioDeviceAccess) -> Result<Vec<BarSp
         reason,
     })?;
     Ok(bars.into_iter().map(|b| b.spec).collect())
+}
+
+/// When a device is reset: as it is opened, before the guest sees it, or as it is closed, after
+/// the guest.
+#[derive(Clone, Copy)]
+enum Moment {
+    Open,
+    Close,
+}
+
+/// Resets the device behind `access` when `duty` is viaduct's, or says that the kernel does, at
+/// `moment`; a device that cannot be reset gets a warning either way.
+fn reset_or_log(name: &str, access: &dyn VfioDeviceAccess, duty: ResetDuty, moment: Moment) {
+    let when = match moment {
+        Moment::Open => "before the guest sees it",
+        Moment::Close => "after the guest",
+    };
+    if duty == ResetDuty::Vmm {
+        return log_reset(name, access.reset(), when);
+    }
+    match access.reset_supported() {
+        Ok(true) => match moment {
+            Moment::Open => log::info!("{name}: reset by vfio-pci as viaduct opened it"),
+            Moment::Close => log::info!("{name}: vfio-pci resets it as viaduct closes it"),
+        },
+        Ok(false) => log_reset(name, ResetOutcome::Unsupported, when),
+        Err(errno) => log::warn!(
+            "{name}: cannot tell whether vfio-pci resets it {when} (VFIO_DEVICE_GET_INFO: {})",
+            std::io::Error::from_raw_os_error(errno)
+        ),
+    }
 }
 
 /// Logs what a reset did (`when`: before the guest, after it).

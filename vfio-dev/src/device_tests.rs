@@ -7,7 +7,8 @@ use pci::bar::{BarIndex, BarKind, BarMove, BarSpec};
 use pci::capability::{Capabilities, Capability};
 
 use super::*;
-use crate::fake::{gpu_like, nvme_like, open, Call, FakeBuilder, FakeRouter, MMAP_RW};
+use crate::access::ResetDuty;
+use crate::fake::{gpu_like, nvme_like, open, open_with, Call, FakeBuilder, FakeRouter, MMAP_RW};
 
 fn bar(n: u8) -> BarIndex {
     BarIndex::new(n).unwrap()
@@ -44,6 +45,7 @@ fn try_open(builder: FakeBuilder, clique: Option<u8>) -> Result<VfioPciDevice, D
         Arc::new(builder.build()),
         Arc::new(FakeRouter::default()),
         None,
+        ResetDuty::Kernel,
     )?;
     if let Some(clique) = clique {
         dev.add_gpudirect_clique(clique)?;
@@ -65,6 +67,48 @@ fn bars_are_sized_from_the_device() {
         ]
     );
     assert_eq!(fake.take_calls()[0], Call::Reset);
+}
+
+fn resets(calls: &[Call]) -> usize {
+    calls.iter().filter(|c| **c == Call::Reset).count()
+}
+
+#[test]
+fn a_vfio_pci_function_is_reset_by_the_kernel_only() {
+    // vfio-pci resets the function as its fd is first opened and as it is last closed; a
+    // VFIO_DEVICE_RESET of viaduct's on top would be a second reset (100 ms for an FLR) each
+    // time.
+    let (fake, _, mut dev) = open_with(nvme_like(), None, ResetDuty::Kernel);
+    assert_eq!(resets(&fake.take_calls()), 0, "reset at open");
+    dev.release();
+    drop(dev);
+    assert_eq!(resets(&fake.take_calls()), 0, "reset at release");
+}
+
+#[test]
+fn an_mdev_is_reset_by_viaduct_before_the_guest_and_once_after_it() {
+    let (fake, _, mut dev) = open_with(nvme_like(), None, ResetDuty::Vmm);
+    let calls = fake.take_calls();
+    assert_eq!(
+        calls[0],
+        Call::Reset,
+        "the reset comes before anything is read"
+    );
+    assert_eq!(resets(&calls), 1);
+    dev.release();
+    dev.release();
+    drop(dev);
+    assert_eq!(resets(&fake.take_calls()), 1, "one reset after the guest");
+}
+
+#[test]
+fn a_device_without_a_reset_method_opens_and_releases_either_way() {
+    for duty in [ResetDuty::Kernel, ResetDuty::Vmm] {
+        let (fake, _, mut dev) = open_with(nvme_like().without_reset(), None, duty);
+        dev.release();
+        drop(dev);
+        assert_eq!(resets(&fake.take_calls()), 0, "{duty:?}");
+    }
 }
 
 #[test]

@@ -51,6 +51,8 @@ pub(crate) struct FakeVfioDevice {
     irq_counts: [u32; 3],
     /// Per config dword of a BAR register: (writable mask, read-only flag bits).
     bar_regs: BTreeMap<usize, (u32, u32)>,
+    /// Whether it reports a reset method (`VFIO_DEVICE_FLAGS_RESET`).
+    can_reset: bool,
 }
 
 impl FakeVfioDevice {
@@ -158,7 +160,14 @@ impl VfioDeviceAccess for FakeVfioDevice {
         Ok(())
     }
 
+    fn reset_supported(&self) -> Result<bool, i32> {
+        Ok(self.can_reset)
+    }
+
     fn reset(&self) -> crate::access::ResetOutcome {
+        if !self.can_reset {
+            return crate::access::ResetOutcome::Unsupported;
+        }
         self.lock().calls.push(Call::Reset);
         crate::access::ResetOutcome::Done
     }
@@ -175,6 +184,7 @@ pub(crate) struct FakeBuilder {
     irq_counts: [u32; 3],
     bar_regs: BTreeMap<usize, (u32, u32)>,
     last_cap: Option<usize>,
+    can_reset: bool,
 }
 
 /// Region flags of an mmappable BAR.
@@ -206,7 +216,14 @@ impl FakeBuilder {
             irq_counts: [0; 3],
             bar_regs: BTreeMap::new(),
             last_cap: None,
+            can_reset: true,
         }
+    }
+
+    /// A device with no reset method VFIO can use (QEMU's ivshmem, some older GPUs).
+    pub(crate) fn without_reset(mut self) -> Self {
+        self.can_reset = false;
+        self
     }
 
     /// BAR `n`: `size` bytes; `io`, `mem64`, `prefetch` as the type bits say; VFIO region
@@ -289,6 +306,7 @@ impl FakeBuilder {
             regions: self.regions,
             irq_counts: self.irq_counts,
             bar_regs: self.bar_regs,
+            can_reset: self.can_reset,
         }
     }
 }
@@ -441,10 +459,24 @@ impl FakeVfioDevice {
     }
 }
 
-/// Opens `builder` as a [`crate::device::VfioPciDevice`] named "vfio test" with INTx on GSI 5.
+/// Opens `builder` as a [`crate::device::VfioPciDevice`] named "vfio test" with INTx on GSI 5,
+/// reset by viaduct as an mdev is (so every reset shows in the calls).
 pub(crate) fn open(
     builder: FakeBuilder,
     clique: Option<u8>,
+) -> (
+    std::sync::Arc<FakeVfioDevice>,
+    std::sync::Arc<FakeRouter>,
+    crate::device::VfioPciDevice,
+) {
+    open_with(builder, clique, crate::access::ResetDuty::Vmm)
+}
+
+/// [`open`], with `reset` saying who resets the device.
+pub(crate) fn open_with(
+    builder: FakeBuilder,
+    clique: Option<u8>,
+    reset: crate::access::ResetDuty,
 ) -> (
     std::sync::Arc<FakeVfioDevice>,
     std::sync::Arc<FakeRouter>,
@@ -457,6 +489,7 @@ pub(crate) fn open(
         fake.clone(),
         router.clone(),
         Some(Gsi(5)),
+        reset,
     )
     .unwrap();
     if let Some(clique) = clique {
@@ -509,5 +542,6 @@ pub fn fuzz_device(
         std::sync::Arc::new(builder.build()),
         std::sync::Arc::new(FakeRouter::default()),
         Some(Gsi(5)),
+        crate::access::ResetDuty::Kernel,
     )
 }

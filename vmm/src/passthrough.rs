@@ -32,13 +32,14 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use pci::bar::BarSpec;
 use pci::config_space::reg;
-use vfio_dev::access::{region, VfioDeviceAccess};
+use vfio_dev::access::{region, ResetDuty, VfioDeviceAccess};
 use vfio_dev::container::{OpenedDevice, VfioHost};
 use vfio_dev::device::VfioPciDevice;
 use vfio_dev::dma::{DmaStats, GuestRamRegion};
 use vfio_dev::error::VfioError;
 use vfio_dev::iommu_info::IovaRange;
 use vfio_dev::routing::InterruptRouter;
+use vfio_dev::sysfs::DeviceKind;
 
 use crate::config::PassthroughDeviceConfig;
 use crate::device_manager::guest_map::HostMapping;
@@ -332,10 +333,14 @@ impl Passthrough {
             .expect("a device was opened, so the container exists");
         let peer_dma = self.peer_to_peer.then(|| host.clone() as Arc<dyn PeerDma>);
         let access: Arc<dyn VfioDeviceAccess> = opened.device.device.clone();
+        let reset = match opened.device.kind {
+            DeviceKind::Pci => ResetDuty::Kernel,
+            DeviceKind::Mdev { .. } => ResetDuty::Vmm,
+        };
         let router = self.router.clone();
         let mut built: Option<Arc<Mutex<VfioPciDevice>>> = None;
         let info = manager.attach(&id, opened.cfg.pci_segment, |placement| {
-            let f = build_device(&id, access, router, placement, peer_dma)?;
+            let f = build_device(&id, access, reset, router, placement, peer_dma)?;
             built = Some(f.1);
             Ok(f.0)
         })?;
@@ -512,6 +517,7 @@ impl Passthrough {
 fn build_device(
     id: &str,
     access: Arc<dyn VfioDeviceAccess>,
+    reset: ResetDuty,
     router: Arc<dyn InterruptRouter>,
     placement: &Placement,
     peer_dma: Option<Arc<dyn PeerDma>>,
@@ -519,7 +525,7 @@ fn build_device(
     let mut pin = [0u8];
     access.region_read(region::CONFIG, reg::INTERRUPT_PIN as u64, &mut pin);
     let intx_gsi = placement.intx_gsi(pin[0]);
-    let device = VfioPciDevice::new(id.to_string(), access, router, intx_gsi)?;
+    let device = VfioPciDevice::new(id.to_string(), access, router, intx_gsi, reset)?;
     let fd = device.device_fd();
     let mut direct = Vec::new();
     for area in device.mmap_areas() {
