@@ -106,6 +106,14 @@ fn edu_dma_reaches_the_other_devices_bar_across_segments_and_after_a_move() {
             Some("done"),
             "edu's DMA engine\n{context}"
         );
+        // Both devices were opened side by side, beside the VM's build, and still attached
+        // in the order given (edu's copy to ivshmem's BAR only works if each is where the
+        // guest's script looks for it).
+        let stderr = run.viaduct_stderr().join("\n");
+        assert!(
+            stderr.contains("2 passthrough device(s) opened in"),
+            "the two devices were not opened together\n{context}"
+        );
         let bar2 = hex_value(run, "P2P-SHM-BAR2");
         assert!(
             bar2 + SHM_BYTES - 1 <= IOMMU_39_BIT_LIMIT,

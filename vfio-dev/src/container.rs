@@ -16,7 +16,7 @@
 //!    is left), so that no device can reach guest RAM once it is freed;
 //! 3. the [`VfioHost`] itself (the container and the KVM VFIO device), and only then guest RAM.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -59,8 +59,9 @@ pub struct OpenedDevice {
 pub struct VfioHost {
     pub(crate) container: Arc<VfioContainer>,
     sysfs_root: PathBuf,
-    /// Devices opened so far, by name, to refuse the same device twice with a clear message.
-    opened: Mutex<HashMap<String, Weak<VfioDevice>>>,
+    /// Devices opened so far and being opened, by name, to refuse the same device twice with a
+    /// clear message.
+    opened: Mutex<Opened>,
     /// Number of devices ever opened: the container has an IOMMU once this is non-zero.
     pub(crate) devices_opened: AtomicUsize,
     /// Guest RAM currently DMA-mapped.
@@ -69,6 +70,44 @@ pub struct VfioHost {
     pub(crate) peers: Mutex<Vec<DmaMapping>>,
     /// What the IOMMU reported, once asked.
     pub(crate) iommu: Mutex<Option<crate::iommu_info::IommuInfo>>,
+}
+
+/// The devices of a [`VfioHost`], by name (BDF or mdev UUID).
+struct Opened<D = VfioDevice> {
+    /// Opened (the entry outlives the device; an entry that no longer upgrades is closed).
+    open: HashMap<String, Weak<D>>,
+    /// Being opened on some thread right now.
+    opening: HashSet<String>,
+}
+
+impl<D> Default for Opened<D> {
+    fn default() -> Self {
+        Opened {
+            open: HashMap::new(),
+            opening: HashSet::new(),
+        }
+    }
+}
+
+impl<D> Opened<D> {
+    /// Marks `name` as being opened; false when it is open or being opened already.
+    fn start(&mut self, name: &str) -> bool {
+        let open = self.open.get(name).and_then(Weak::upgrade).is_some();
+        !open && self.opening.insert(name.to_string())
+    }
+
+    /// `name` is no longer being opened: it is open as `device`, or its open failed (`None`).
+    fn end(&mut self, name: &str, device: Option<&Arc<D>>) {
+        self.opening.remove(name);
+        if let Some(device) = device {
+            self.open.insert(name.to_string(), Arc::downgrade(device));
+        }
+    }
+
+    /// Whether any device is still open.
+    fn any_open(&self) -> bool {
+        self.open.values().any(|d| d.strong_count() > 0)
+    }
 }
 
 fn setup_error(what: &str, detail: impl Into<String>) -> VfioError {
@@ -140,7 +179,7 @@ impl VfioHost {
         Ok(VfioHost {
             container: Arc::new(container),
             sysfs_root: PathBuf::from(HOST_SYSFS),
-            opened: Mutex::new(HashMap::new()),
+            opened: Mutex::new(Opened::default()),
             devices_opened: AtomicUsize::new(0),
             mappings: Mutex::new(Vec::new()),
             peers: Mutex::new(Vec::new()),
@@ -151,20 +190,21 @@ impl VfioHost {
     /// Whether any device opened into this container is still open. Once none is, every group
     /// has left the container and the kernel has dropped its DMA mappings with its IOMMU.
     pub(crate) fn any_device_open(&self) -> bool {
-        self.opened
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .any(|d| d.strong_count() > 0)
+        self.opened().any_open()
+    }
+
+    fn opened(&self) -> std::sync::MutexGuard<'_, Opened> {
+        self.opened.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Opens the device at `path` (a `--device path=`) into this VM's container, after checking
-    /// its driver and its IOMMU group in sysfs.
+    /// its driver and its IOMMU group in sysfs. Several devices may be opened at once from
+    /// threads of their own: the kernel resets each as it is opened (an FLR waits 100 ms, a
+    /// GPU's bus reset a second or more), and those resets then overlap.
     pub fn open_device(&self, path: &Path) -> Result<OpenedDevice, VfioError> {
         let dev = sysfs::prepare_device(&self.sysfs_root, path)?;
 
-        let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
-        if opened.get(&dev.name).and_then(Weak::upgrade).is_some() {
+        if !self.opened().start(&dev.name) {
             return Err(open_error(
                 &dev,
                 "opening the device",
@@ -173,9 +213,10 @@ impl VfioHost {
         }
         let ops: Arc<dyn VfioOps> = self.container.clone();
         let device = VfioDevice::new(&dev.path, ops, false)
-            .map_err(|e| map_open_error(&self.sysfs_root, &dev, e))?;
-        let device = Arc::new(device);
-        opened.insert(dev.name.clone(), Arc::downgrade(&device));
+            .map(Arc::new)
+            .map_err(|e| map_open_error(&self.sysfs_root, &dev, e));
+        self.opened().end(&dev.name, device.as_ref().ok());
+        let device = device?;
         self.devices_opened.fetch_add(1, Ordering::SeqCst);
 
         let ids = dev.ids.unwrap_or_else(|| ids_from_config(&device));

@@ -130,3 +130,34 @@ fn container_permission_denied_names_the_file() {
     );
     assert!(msg.contains("permissions"), "{msg}");
 }
+
+#[test]
+fn a_device_being_opened_on_another_thread_cannot_be_opened_again() {
+    let mut opened = Opened::<u8>::default();
+    assert!(opened.start("0000:01:00.0"));
+    // A second thread given the same device while the first is still in the kernel's reset.
+    assert!(!opened.start("0000:01:00.0"));
+    // Another device opens beside it.
+    assert!(opened.start("0000:02:00.0"));
+    let device = Arc::new(0u8);
+    opened.end("0000:01:00.0", Some(&device));
+    assert!(!opened.start("0000:01:00.0"), "open now");
+    assert!(opened.any_open());
+}
+
+#[test]
+fn a_device_whose_open_failed_or_that_was_closed_can_be_opened_again() {
+    let mut opened = Opened::<u8>::default();
+    assert!(opened.start("0000:01:00.0"));
+    opened.end("0000:01:00.0", None);
+    assert!(!opened.any_open());
+    assert!(
+        opened.start("0000:01:00.0"),
+        "its open failed, so it is not open"
+    );
+    let device = Arc::new(0u8);
+    opened.end("0000:01:00.0", Some(&device));
+    drop(device);
+    assert!(!opened.any_open());
+    assert!(opened.start("0000:01:00.0"), "closed since");
+}

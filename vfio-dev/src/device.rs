@@ -144,12 +144,15 @@ impl VfioPciDevice {
         intx_gsi: Option<Gsi>,
         reset: ResetDuty,
     ) -> Result<Self, DeviceError> {
+        let building = std::time::Instant::now();
         reset_or_log(&name, &*access, reset, Moment::Open);
         let image = read_image(&name, &*access)?;
+        let config_read = building.elapsed();
         let bars = bars::discover(&name, &*access).map_err(|reason| DeviceError::Bar {
             device: name.clone(),
             reason,
         })?;
+        let bars_sized = building.elapsed();
         let status_reg = u16::from_le_bytes([image[reg::STATUS], image[reg::STATUS + 1]]);
         let caps: Vec<Capability> = if status_reg & status::CAPABILITIES_LIST != 0 {
             Capabilities::new(&image).collect()
@@ -183,12 +186,19 @@ impl VfioPciDevice {
             reason,
         })?;
         let (msix, msi) = (msix.map(|(_, m)| m), msi.map(|(_, m)| m));
+        let modelled = building.elapsed();
         let irqs = Interrupts::new(&name, access.clone(), router, msix, msi, intx_gsi).map_err(
             |reason| DeviceError::Interrupts {
                 device: name.clone(),
                 reason,
             },
         )?;
+        log::debug!(
+            "{name}: built in {:?}: {} bytes of config space read by {config_read:?}, BARs \
+             sized by {bars_sized:?}, MSI/MSI-X modelled by {modelled:?}",
+            building.elapsed(),
+            image.len()
+        );
         match irqs.intx_gsi() {
             Some(gsi) => config.set_interrupt(
                 image[reg::INTERRUPT_PIN].clamp(1, 4),

@@ -303,6 +303,40 @@ fn create_hotplug(vm: &kvm_ioctls::VmFd, mmio: &Bus, segments: u16) -> Result<Ho
     })
 }
 
+/// What the VM is built on besides its devices: guest RAM registered with KVM, the exit
+/// notifier, the legacy devices and the CPUID the vCPUs start from.
+struct Platform {
+    exit: ExitNotifier,
+    legacy: legacy::LegacyDevices,
+    base_cpuid: kvm_bindings::CpuId,
+    phys_bits: u8,
+}
+
+/// Builds the [`Platform`] of `vm` (while its passthrough devices are being opened).
+fn build_platform(
+    kvm: &kvm_ioctls::Kvm,
+    vm: &kvm_ioctls::VmFd,
+    mem: &memory::GuestMemoryMmap,
+    serial: &config::SerialMode,
+) -> Result<Platform, Error> {
+    memory::register_memory(vm, mem)?;
+    let exit = ExitNotifier::new().map_err(Error::EventFd)?;
+    let legacy = legacy::create_legacy_devices(vm, serial, &exit)?;
+    let mut base_cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+    let host_phys_bits = arch::cpuid::reported_phys_bits(base_cpuid.as_slice());
+    let phys_bits = arch::layout::guest_phys_bits(host_phys_bits);
+    arch::cpuid::set_phys_bits(base_cpuid.as_mut_slice(), phys_bits);
+    info!("guest physical address width: {phys_bits} bits (host reports {host_phys_bits})");
+    Ok(Platform {
+        exit,
+        legacy,
+        base_cpuid,
+        phys_bits,
+    })
+}
+
 /// Boots the VM described by `config` and runs it until it stops.
 pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     let started = Instant::now();
@@ -401,20 +435,6 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
     )?;
     let kvm = vm::open_kvm()?;
     let vm = Arc::new(vm::create_vm(&kvm)?);
-    memory::register_memory(&vm, &mem)?;
-
-    let exit = ExitNotifier::new().map_err(Error::EventFd)?;
-    let legacy = legacy::create_legacy_devices(&vm, &config.serial, &exit)?;
-    let pio = Arc::new(legacy.pio);
-    let mmio = Arc::new(Bus::new());
-
-    let mut base_cpuid = kvm
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
-    let host_phys_bits = arch::cpuid::reported_phys_bits(base_cpuid.as_slice());
-    let phys_bits = arch::layout::guest_phys_bits(host_phys_bits);
-    arch::cpuid::set_phys_bits(base_cpuid.as_mut_slice(), phys_bits);
-    info!("guest physical address width: {phys_bits} bits (host reports {host_phys_bits})");
 
     let router: Arc<dyn vfio_dev::routing::InterruptRouter> =
         Arc::new(interrupts::GsiRouter::new(vm.clone()));
@@ -444,11 +464,50 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
             hot_plug: prefault_with(cpus),
         },
     );
-    let opened = config
-        .devices
-        .iter()
-        .map(|d| passthrough.open_for_boot(d))
-        .collect::<Result<Vec<_>, _>>()?;
+    // The kernel resets each device as viaduct opens it (an FLR waits 100 ms); the devices are
+    // opened on threads of their own while the rest of the VM is built, and their resets
+    // overlap that and each other.
+    let (opened, platform) = std::thread::scope(|scope| {
+        let open_all = || {
+            let opening = Instant::now();
+            let opened = passthrough.open_all_for_boot(&config.devices);
+            if let Ok(devices) = &opened {
+                if !devices.is_empty() {
+                    info!(
+                        "{} passthrough device(s) opened in {:?}, beside the VM's build",
+                        devices.len(),
+                        opening.elapsed()
+                    );
+                }
+            }
+            opened
+        };
+        let opens = (!config.devices.is_empty())
+            .then(|| {
+                std::thread::Builder::new()
+                    .name("vfio-open".into())
+                    .spawn_scoped(scope, open_all)
+                    .ok()
+            })
+            .flatten();
+        let platform = build_platform(&kvm, &vm, &mem, &config.serial);
+        let opened = match opens {
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            None => open_all(),
+        };
+        (opened, platform)
+    });
+    let Platform {
+        exit,
+        legacy,
+        base_cpuid,
+        phys_bits,
+    } = platform?;
+    let opened = opened?;
+    let pio = Arc::new(legacy.pio);
+    let mmio = Arc::new(Bus::new());
     let mut demand: Vec<_> = opened.iter().flat_map(|o| o.demand()).collect();
     demand.extend(
         config

@@ -236,6 +236,42 @@ impl Passthrough {
         self.open_device(cfg, true)
     }
 
+    /// Opens every cold-plugged device of `cfgs` like [`Passthrough::open_for_boot`], each on
+    /// a thread of its own, and gives them back in the order of `cfgs` (the first error in that
+    /// order, once every open has ended). The kernel resets each device as it is opened: an FLR
+    /// waits 100 ms, a GPU's secondary bus reset a second or more, and in parallel they add up
+    /// to the longest instead of the sum.
+    pub fn open_all_for_boot(
+        &self,
+        cfgs: &[PassthroughDeviceConfig],
+    ) -> Result<Vec<OpenedPassthrough>, AttachError> {
+        if cfgs.len() < 2 {
+            return cfgs.iter().map(|c| self.open_for_boot(c)).collect();
+        }
+        std::thread::scope(|scope| {
+            let opens: Vec<_> = cfgs
+                .iter()
+                .enumerate()
+                .map(|(i, cfg)| {
+                    let thread = std::thread::Builder::new()
+                        .name(format!("vfio-open{i}"))
+                        .spawn_scoped(scope, move || self.open_for_boot(cfg));
+                    // No thread to be had: this one opens it, when its turn comes.
+                    thread.map_err(|_| cfg)
+                })
+                .collect();
+            opens
+                .into_iter()
+                .map(|open| match open {
+                    Ok(thread) => thread
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                    Err(cfg) => self.open_for_boot(cfg),
+                })
+                .collect()
+        })
+    }
+
     fn open_device(
         &self,
         cfg: &PassthroughDeviceConfig,
@@ -260,9 +296,17 @@ impl Passthrough {
             state.host = Some(Arc::new(host));
         }
         let host = state.host.clone().expect("the container was just created");
-        let device = host
-            .open_device(&cfg.path)
-            .map_err(|e| build_error(&path, e))?;
+        // Cold-plugged devices are opened without the lock, so that several are opened (and
+        // reset by the kernel) at once; a hot-plug keeps it, to see the mapping through.
+        let device = if for_boot {
+            drop(state);
+            let device = host.open_device(&cfg.path);
+            state = self.state();
+            device
+        } else {
+            host.open_device(&cfg.path)
+        }
+        .map_err(|e| build_error(&path, e))?;
         let id = cfg.id.clone().unwrap_or_else(|| device.name.clone());
         if let Ok(methods) = std::fs::read_to_string(device.path.join("reset_method")) {
             info!("{id}: the kernel resets it with: {}", methods.trim());
