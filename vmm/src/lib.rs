@@ -462,6 +462,13 @@ pub fn run(config: VmConfig) -> Result<Outcome, Error> {
         passthrough::Prefaults {
             at_start: prefault_with(memory::cpus_beside_guest(cpus, config.boot_vcpus)),
             hot_plug: prefault_with(cpus),
+            while_held: (config.memory.prefault != Some(false)).then_some(
+                passthrough::PrefaultWhileHeld {
+                    page_size: ram.page_size,
+                    hugetlb: ram.hugetlb,
+                    threads: cpus,
+                },
+            ),
         },
     );
     // The kernel resets each device as viaduct opens it (an FLR waits 100 ms); the devices are

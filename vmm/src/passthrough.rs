@@ -84,6 +84,21 @@ pub struct Prefaults {
     pub at_start: Option<PrefaultBeforeMap>,
     /// At the first hot-plug.
     pub hot_plug: Option<PrefaultBeforeMap>,
+    /// While a vCPU waits at the bus-master gate for the mapping beside the booting guest;
+    /// `None` with `prefault=off`.
+    pub while_held: Option<PrefaultWhileHeld>,
+}
+
+/// How guest RAM is populated from the top down while vCPUs are held at the bus-master gate
+/// (see `ram_dma`): their CPUs are idle until the pin, which runs on one thread, is done.
+#[derive(Clone, Copy, Debug)]
+pub struct PrefaultWhileHeld {
+    /// Guest RAM's page size.
+    pub page_size: u64,
+    /// Whether it is hugetlbfs.
+    pub hugetlb: bool,
+    /// At most this many threads (the CPUs the process may use), and no more than vCPUs held.
+    pub threads: usize,
 }
 
 #[derive(Default)]
@@ -456,6 +471,7 @@ impl Passthrough {
         );
         let ram = self.ram.clone();
         let prefault = self.prefaults.at_start.clone();
+        let helper_filters = filters.clone();
         let (filters, exit) = (filters.clone(), exit.clone());
         let stop = map.stopping();
         let started = Instant::now();
@@ -503,7 +519,50 @@ impl Passthrough {
         map.start(map_ram).map_err(|e| AttachError::Build {
             device: "guest RAM".to_string(),
             source: BuildError::Thread(e),
-        })
+        })?;
+        if let Some(help) = self.prefaults.while_held {
+            let regions: Vec<(usize, u64)> = self
+                .ram
+                .iter()
+                .map(|r| (r.host_addr as usize, r.size))
+                .collect();
+            let helper = move |held: usize, done: &AtomicBool| {
+                if let Err(e) = helper_filters.apply(crate::seccomp::ThreadKind::Vmm) {
+                    warn!("the DMA map's helper: {}", crate::error_chain(&e));
+                    return;
+                }
+                let threads = held.min(help.threads).max(1);
+                match crate::memory::prefault_from_top_until(
+                    &regions,
+                    help.page_size,
+                    help.hugetlb,
+                    threads,
+                    done,
+                ) {
+                    Ok(stats) => info!(
+                        "guest RAM: with {held} vCPU(s) held at the bus-master gate, {threads} \
+                         thread(s) went over {} MiB of it from the top down in {:?}, \
+                         populating what the pin had not reached{}",
+                        stats.bytes >> 20,
+                        stats.elapsed,
+                        if stats.stopped {
+                            " (stopped there: the mapping was done)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    Err(e) => warn!(
+                        "guest RAM could not be populated beside its DMA map ({}); the pin \
+                         faults the pages in itself",
+                        crate::error_chain(&e)
+                    ),
+                }
+            };
+            if let Err(e) = map.start_helper(helper) {
+                warn!("no thread to help the DMA map of guest RAM ({e}); it runs alone");
+            }
+        }
+        Ok(())
     }
 
     /// The VM is stopping: a mapping of guest RAM still running beside the guest is told to

@@ -19,6 +19,9 @@ const MADV_POPULATE_WRITE: libc::c_int = 23;
 /// Work is handed out in chunks of this size (or of one page, if pages are larger), so threads
 /// that finish early take over from slow ones.
 const CHUNK: u64 = 64 << 20;
+/// The chunks of [`prefault_from_top_until`]: small, so that it ends soon after the pin it
+/// helps is done (one 2 MiB huge page, or one page if pages are larger).
+const FROM_TOP_CHUNK: u64 = 2 << 20;
 
 /// Private anonymous guest RAM at least this large is prefaulted before its first DMA mapping
 /// when `prefault` is not given. Measured in the rig (docs/memory.md, 2-CPU rig host): for 2 GiB
@@ -146,7 +149,53 @@ pub fn prefault_until(
     stop: &AtomicBool,
 ) -> Result<PrefaultStats, MemoryError> {
     let regions: Vec<(usize, u64)> = mem.iter().map(|r| (r.as_ptr() as usize, r.len())).collect();
-    let work = chunks(&regions, page, CHUNK);
+    populate(
+        &chunks(&regions, page, CHUNK),
+        page,
+        hugetlb,
+        max_threads,
+        stop,
+    )
+}
+
+/// Populates guest RAM (`regions`: host address, length) from its last page down to its first,
+/// in small chunks on up to `max_threads` threads, until `stop` is set. It runs beside a
+/// `VFIO_IOMMU_MAP_DMA` that pins the same RAM from the bottom up: on CPUs that vCPUs held at
+/// the bus-master gate leave idle, the two meet in the middle, and the pin finds the upper
+/// half present instead of faulting and zeroing it on its one thread. Pages the pin got to
+/// first cost a page-table walk.
+pub fn prefault_from_top_until(
+    regions: &[(usize, u64)],
+    page: u64,
+    hugetlb: bool,
+    max_threads: usize,
+    stop: &AtomicBool,
+) -> Result<PrefaultStats, MemoryError> {
+    populate(
+        &from_top_chunks(regions, page),
+        page,
+        hugetlb,
+        max_threads,
+        stop,
+    )
+}
+
+/// The chunks of [`prefault_from_top_until`], the last of the highest region first.
+fn from_top_chunks(regions: &[(usize, u64)], page: u64) -> Vec<Chunk> {
+    let mut work = chunks(regions, page, FROM_TOP_CHUNK);
+    work.sort_by_key(|c| std::cmp::Reverse(c.host));
+    work
+}
+
+/// Populates the chunks of `work` in its order, on up to `max_threads` threads, each looking at
+/// `stop` before each chunk.
+fn populate(
+    work: &[Chunk],
+    page: u64,
+    hugetlb: bool,
+    max_threads: usize,
+    stop: &AtomicBool,
+) -> Result<PrefaultStats, MemoryError> {
     let threads = thread_count(work.len(), max_threads);
     let next = AtomicUsize::new(0);
     let no_populate = AtomicBool::new(false);
@@ -329,6 +378,57 @@ mod tests {
             after >= before + (90 << 20),
             "VmRSS grew from {before} to {after} only"
         );
+    }
+
+    #[test]
+    fn from_the_top_down_the_last_page_comes_first_in_chunks_of_a_huge_page_or_a_page() {
+        let regions = [(0x1000_0000usize, 6u64 << 20), (0x4000_0000, 3 << 20)];
+        let work = from_top_chunks(&regions, 4096);
+        let hosts: Vec<_> = work.iter().map(|c| (c.host, c.len)).collect();
+        assert_eq!(
+            hosts,
+            [
+                (0x4020_0000, 1 << 20),
+                (0x4000_0000, 2 << 20),
+                (0x1040_0000, 2 << 20),
+                (0x1020_0000, 2 << 20),
+                (0x1000_0000, 2 << 20),
+            ]
+        );
+        // 1 GiB hugetlbfs pages: one page a chunk.
+        let work = from_top_chunks(&[(0x4000_0000, 2 << 30)], 1 << 30);
+        assert_eq!(work.len(), 2);
+        assert_eq!(work[0].host, 0x8000_0000);
+    }
+
+    /// Pages of the mapping at `base` (`len` bytes) that are resident, by `mincore`.
+    fn resident_pages(base: *mut u8, len: usize) -> Vec<bool> {
+        let mut vec = vec![0u8; len.div_ceil(4096)];
+        // SAFETY: `base` is the start of a live mapping of `len` bytes; `vec` has one byte per
+        // page of it.
+        let ret = unsafe { libc::mincore(base.cast(), len, vec.as_mut_ptr()) };
+        assert_eq!(ret, 0, "mincore: {}", std::io::Error::last_os_error());
+        vec.iter().map(|b| b & 1 == 1).collect()
+    }
+
+    #[test]
+    fn from_the_top_down_every_page_is_populated_and_a_stop_populates_none() {
+        let ram = super::super::backing::create(16 << 20, &MemoryBacking::default()).unwrap();
+        let region = ram.mem.iter().next().unwrap();
+        let regions = [(region.as_ptr() as usize, region.len())];
+        let len = region.len() as usize;
+        let stopped =
+            prefault_from_top_until(&regions, ram.page_size, false, 2, &AtomicBool::new(true))
+                .unwrap();
+        assert!(stopped.stopped);
+        assert_eq!(stopped.bytes, 0);
+        assert!(!resident_pages(region.as_ptr(), len).iter().any(|&r| r));
+        let stats =
+            prefault_from_top_until(&regions, ram.page_size, false, 1, &AtomicBool::new(false))
+                .unwrap();
+        assert_eq!(stats.bytes, 16 << 20);
+        assert!(!stats.stopped);
+        assert!(resident_pages(region.as_ptr(), len).iter().all(|&r| r));
     }
 
     #[test]

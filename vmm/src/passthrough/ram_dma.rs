@@ -10,8 +10,13 @@
 //! mastering. A VM that stops while the mapping runs stops it ([`RamDmaMap::stop`]): a vCPU
 //! held at the gate is let go (without bus mastering), and the mapping ends at its next piece
 //! instead of pinning the rest of guest RAM first.
+//!
+//! A vCPU held at the gate leaves its CPU idle while the pin runs on one thread. A helper
+//! ([`RamDmaMap::start_helper`]) waits for that moment and then uses the idle CPUs to populate
+//! guest RAM from the top down, so that the pin, which works from the bottom up, finds the rest
+//! present (see `memory::prefault_from_top_until`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -46,7 +51,12 @@ pub(crate) enum MapEnd {
 /// The shared state the devices' gate and the mapping thread meet at.
 struct Gate {
     state: Mutex<MapState>,
+    /// Told when the state settles and when a vCPU starts waiting.
     settled: Condvar,
+    /// vCPUs waiting at the gate now.
+    held: AtomicUsize,
+    /// Set once the state is no longer [`MapState::Mapping`] (for work that polls it).
+    done: AtomicBool,
 }
 
 impl Gate {
@@ -55,8 +65,26 @@ impl Gate {
     }
 
     fn settle(&self, to: MapState) {
-        *self.lock() = to;
+        let mut state = self.lock();
+        *state = to;
+        self.done.store(true, Ordering::Release);
         self.settled.notify_all();
+    }
+
+    /// Waits until a vCPU is held at the gate, and says how many are; `None` once the mapping
+    /// has settled without one (or while one was).
+    fn wait_for_held(&self) -> Option<usize> {
+        let mut state = self.lock();
+        loop {
+            if *state != MapState::Mapping {
+                return None;
+            }
+            let held = self.held.load(Ordering::Acquire);
+            if held > 0 {
+                return Some(held);
+            }
+            state = self.settled.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
     }
 }
 
@@ -69,9 +97,12 @@ impl DmaReady for Gate {
                  holding it until the mapping is done"
             );
             let waited = Instant::now();
+            self.held.fetch_add(1, Ordering::AcqRel);
+            self.settled.notify_all();
             while *state == MapState::Mapping {
                 state = self.settled.wait(state).unwrap_or_else(|e| e.into_inner());
             }
+            self.held.fetch_sub(1, Ordering::AcqRel);
             match &*state {
                 MapState::Mapped => info!(
                     "{device}: bus mastering on, after {:?} waiting for the DMA map",
@@ -111,6 +142,8 @@ pub(crate) struct RamDmaMap {
     /// Set by [`RamDmaMap::stop`]; the mapping looks at it between pieces.
     stopping: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<Result<(), String>>>>,
+    /// The helper of [`RamDmaMap::start_helper`], if one was started.
+    helper: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl RamDmaMap {
@@ -120,9 +153,12 @@ impl RamDmaMap {
             gate: Arc::new(Gate {
                 state: Mutex::new(MapState::Mapping),
                 settled: Condvar::new(),
+                held: AtomicUsize::new(0),
+                done: AtomicBool::new(false),
             }),
             stopping: Arc::new(AtomicBool::new(false)),
             thread: Mutex::new(None),
+            helper: Mutex::new(None),
         }
     }
 
@@ -139,6 +175,7 @@ impl RamDmaMap {
         let mut state = self.gate.lock();
         if *state == MapState::Mapping {
             *state = MapState::Stopped;
+            self.gate.done.store(true, Ordering::Release);
             self.gate.settled.notify_all();
         }
     }
@@ -182,6 +219,26 @@ impl RamDmaMap {
         }
     }
 
+    /// Starts a thread named `dma-help` that waits until a vCPU is held at the gate and then
+    /// runs `help` with the number held then and a flag that is set once the mapping has
+    /// settled (mapped, failed or stopped), which `help` should look at often. When the mapping
+    /// settles first, `help` never runs. [`RamDmaMap::finish`] waits for the thread.
+    pub(crate) fn start_helper(
+        &self,
+        help: impl FnOnce(usize, &AtomicBool) + Send + 'static,
+    ) -> std::io::Result<()> {
+        let gate = self.gate.clone();
+        let handle = std::thread::Builder::new()
+            .name("dma-help".to_string())
+            .spawn(move || {
+                if let Some(held) = gate.wait_for_held() {
+                    help(held, &gate.done);
+                }
+            })?;
+        *self.helper.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        Ok(())
+    }
+
     /// Waits for the mapping to end and says how it went. A mapping never started counts as
     /// failed (or stopped, after [`RamDmaMap::stop`]). Later calls return the same answer.
     pub(crate) fn finish(&self) -> MapEnd {
@@ -190,6 +247,15 @@ impl RamDmaMap {
             if handle.join().is_err() {
                 self.gate
                     .settle(MapState::Failed("its thread panicked".to_string()));
+            }
+        }
+        // The mapping has settled (or never started: then nothing waits at the gate and a
+        // stop, which always comes first at the VM's end, has settled it), so the helper is
+        // done with guest RAM or about to be.
+        let helper = self.helper.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(helper) = helper {
+            if helper.join().is_err() {
+                log::warn!("the thread helping the DMA map of guest RAM panicked");
             }
         }
         match &*self.gate.lock() {
@@ -231,6 +297,72 @@ mod tests {
         map.stop();
         assert_eq!(map.gate().wait_for_dma("dev"), Ok(()));
         assert_eq!(map.finish(), MapEnd::Mapped);
+    }
+
+    #[test]
+    fn the_helper_starts_once_a_vcpu_is_held_and_is_told_when_the_mapping_is_done() {
+        let map = RamDmaMap::new();
+        let gate = map.gate();
+        let (go, release) = mpsc::channel::<()>();
+        map.start(move || {
+            release.recv().unwrap();
+            Ok(())
+        })
+        .unwrap();
+        let (helping, helped) = mpsc::channel::<usize>();
+        let (finished, ended) = mpsc::channel::<()>();
+        map.start_helper(move |held, done| {
+            helping.send(held).unwrap();
+            while !done.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            finished.send(()).unwrap();
+        })
+        .unwrap();
+        // Nothing is held yet: the helper waits.
+        assert!(helped.recv_timeout(Duration::from_millis(50)).is_err());
+        let waiter = std::thread::spawn(move || gate.wait_for_dma("dev"));
+        assert_eq!(helped.recv_timeout(Duration::from_secs(10)), Ok(1));
+        assert!(ended.try_recv().is_err(), "told it was done before it was");
+        go.send(()).unwrap();
+        assert_eq!(waiter.join().unwrap(), Ok(()));
+        assert_eq!(map.finish(), MapEnd::Mapped);
+        assert_eq!(ended.try_recv(), Ok(()), "finish waits for the helper");
+    }
+
+    #[test]
+    fn the_helper_never_runs_when_no_vcpu_waited_or_the_vm_stopped() {
+        for stop in [false, true] {
+            let map = RamDmaMap::new();
+            let (go, release) = mpsc::channel::<()>();
+            let stopping = map.stopping();
+            map.start(move || {
+                let _ = release.recv();
+                match stopping.load(Ordering::Acquire) {
+                    true => Err("stopped".to_string()),
+                    false => Ok(()),
+                }
+            })
+            .unwrap();
+            let ran = Arc::new(AtomicBool::new(false));
+            let flag = ran.clone();
+            map.start_helper(move |_, _| flag.store(true, Ordering::SeqCst))
+                .unwrap();
+            if stop {
+                map.stop();
+            }
+            drop(go);
+            let end = map.finish();
+            assert!(!ran.load(Ordering::SeqCst), "stop={stop}: the helper ran");
+            assert_eq!(
+                end,
+                if stop {
+                    MapEnd::Stopped
+                } else {
+                    MapEnd::Mapped
+                }
+            );
+        }
     }
 
     #[test]
