@@ -273,16 +273,22 @@ mod tests {
     use std::sync::mpsc;
     use std::time::Duration;
 
-    #[test]
-    fn a_device_waits_until_the_mapping_is_done() {
+    /// A started mapping that succeeds once the sender is sent to.
+    fn map_done_when_told() -> (RamDmaMap, mpsc::Sender<()>) {
         let map = RamDmaMap::new();
-        let gate = map.gate();
         let (go, release) = mpsc::channel::<()>();
         map.start(move || {
             release.recv().unwrap();
             Ok(())
         })
         .unwrap();
+        (map, go)
+    }
+
+    #[test]
+    fn a_device_waits_until_the_mapping_is_done() {
+        let (map, go) = map_done_when_told();
+        let gate = map.gate();
         let waiter = std::thread::spawn(move || gate.wait_for_dma("dev"));
         std::thread::sleep(Duration::from_millis(50));
         assert!(
@@ -301,14 +307,8 @@ mod tests {
 
     #[test]
     fn the_helper_starts_once_a_vcpu_is_held_and_is_told_when_the_mapping_is_done() {
-        let map = RamDmaMap::new();
+        let (map, go) = map_done_when_told();
         let gate = map.gate();
-        let (go, release) = mpsc::channel::<()>();
-        map.start(move || {
-            release.recv().unwrap();
-            Ok(())
-        })
-        .unwrap();
         let (helping, helped) = mpsc::channel::<usize>();
         let (finished, ended) = mpsc::channel::<()>();
         map.start_helper(move |held, done| {
