@@ -108,7 +108,7 @@ if [[ -z $FROM ]]; then
 				timeout -s KILL 300 "$@" 2>&1 | while IFS= read -r line; do
 					case $line in
 					*GUEST-KERNEL=*) echo "RIG-BENCH-INIT=$label uptime=$(cut -d' ' -f1 /proc/uptime)" ;;
-					*"DMA-mapped"*"GiB of guest RAM in"*|*prefaulted*|*"devices attached"*|*"entering the kernel"*|*"from the top down"*|*"waiting for the DMA map"*)
+					*"DMA-mapped"*"GiB of guest RAM in"*|*prefaulted*|*"devices attached"*|*"entering the kernel"*|*"from the top down"*|*"from the bottom up"*|*"waiting for the DMA map"*)
 						echo "BENCH-DETAIL| $label: ${line#*INFO  }" ;;
 					*rror*) echo "BENCH-LOG| $label: $line" ;;
 					esac

@@ -84,13 +84,14 @@ pub struct Prefaults {
     pub at_start: Option<PrefaultBeforeMap>,
     /// At the first hot-plug.
     pub hot_plug: Option<PrefaultBeforeMap>,
-    /// While a vCPU waits at the bus-master gate for the mapping beside the booting guest;
-    /// `None` with `prefault=off`.
+    /// Before the mapping beside the booting guest (unless `at_start` did it), and while a
+    /// vCPU waits at the bus-master gate for it; `None` with `prefault=off`.
     pub while_held: Option<PrefaultWhileHeld>,
 }
 
-/// How guest RAM is populated from the top down while vCPUs are held at the bus-master gate
-/// (see `ram_dma`): their CPUs are idle until the pin, which runs on one thread, is done.
+/// How guest RAM is populated before its DMA map beside the booting guest: from the bottom up
+/// by the map thread, and from the top down while vCPUs are held at the bus-master gate (see
+/// `ram_dma`), whose CPUs are idle until the mapping is done.
 #[derive(Clone, Copy, Debug)]
 pub struct PrefaultWhileHeld {
     /// Guest RAM's page size.
@@ -145,36 +146,67 @@ fn log_ram_mapped(stats: &DmaStats, when: &str) {
     );
 }
 
-/// Prefaults `p` for the DMA mapping that follows, until `stop` is set. A failure only costs
-/// time (the pin faults the pages itself), so it is a warning.
+/// Prefaults `p` for the DMA mapping that follows, until `stop` is set, on its threads.
 fn prefault_before_map(p: &PrefaultBeforeMap, stop: &AtomicBool) {
-    match crate::memory::prefault_until(&p.mem, p.page_size, false, p.threads, stop) {
+    let result = crate::memory::prefault_until(&p.mem, p.page_size, false, p.threads, stop);
+    log_populated(result, |stats| {
+        format!(
+            "guest RAM prefaulted for DMA mapping: {} MiB in {:?} with {} thread(s){}; VmRSS {} \
+             MiB (passthrough with {} GiB or more of private memory and CPUs to share it out; \
+             prefault=off skips this)",
+            stats.bytes >> 20,
+            stats.elapsed,
+            stats.threads,
+            touched(stats),
+            crate::memory::resident_bytes().0 >> 20,
+            crate::memory::BEFORE_PIN_MIN_BYTES >> 30
+        )
+    });
+}
+
+/// The map thread's share of [`crate::memory::TwoEnds`]: guest RAM populated from the bottom
+/// up until it meets the helpers (once a vCPU is held at the gate) or the top, so that the pin
+/// that follows finds every page present and does not wait for their populates.
+fn populate_from_bottom(two: &crate::memory::TwoEnds, stop: &AtomicBool) {
+    log_populated(two.from_bottom(stop), |stats| {
+        format!(
+            "guest RAM: the DMA map's thread populated {} MiB of it from the bottom up in \
+             {:?}{}, before pinning it",
+            stats.bytes >> 20,
+            stats.elapsed,
+            touched(stats)
+        )
+    });
+}
+
+/// Logs a populate of guest RAM before its DMA mapping: `done` gives the line for one that
+/// completed. A failure only costs time (the pin faults the pages itself), so it is a warning.
+fn log_populated(
+    result: Result<crate::memory::PrefaultStats, crate::memory::MemoryError>,
+    done: impl FnOnce(&crate::memory::PrefaultStats) -> String,
+) {
+    match result {
         Ok(stats) if stats.stopped => info!(
-            "prefaulting guest RAM for DMA mapping stopped after {} MiB in {:?}: the VM is \
+            "populating guest RAM for DMA mapping stopped after {} MiB in {:?}: the VM is \
              stopping",
             stats.bytes >> 20,
             stats.elapsed
         ),
-        Ok(stats) => info!(
-            "guest RAM prefaulted for DMA mapping: {} MiB in {:?} with {} thread(s){}; VmRSS \
-             {} MiB (passthrough with {} GiB or more of private memory and CPUs to share it \
-             out; prefault=off skips this)",
-            stats.bytes >> 20,
-            stats.elapsed,
-            stats.threads,
-            if stats.touched {
-                ", touching each page: no MADV_POPULATE_WRITE"
-            } else {
-                ""
-            },
-            crate::memory::resident_bytes().0 >> 20,
-            crate::memory::BEFORE_PIN_MIN_BYTES >> 30
-        ),
+        Ok(stats) => info!("{}", done(&stats)),
         Err(e) => warn!(
-            "guest RAM could not be prefaulted before DMA mapping ({}); the mapping faults \
-             the pages in itself, on one thread",
+            "guest RAM could not be populated before DMA mapping ({}); the mapping faults the \
+             pages in itself, on one thread",
             crate::error_chain(&e)
         ),
+    }
+}
+
+/// What the `-v` line of a populate adds when it had to touch pages one by one.
+fn touched(stats: &crate::memory::PrefaultStats) -> &'static str {
+    if stats.touched {
+        ", touching each page: no MADV_POPULATE_WRITE"
+    } else {
+        ""
     }
 }
 
@@ -471,6 +503,21 @@ impl Passthrough {
         );
         let ram = self.ram.clone();
         let prefault = self.prefaults.at_start.clone();
+        // Unless prefault=off, the map thread populates guest RAM from the bottom up and then
+        // pins it, and vCPUs held at the gate lend their CPUs from the top down.
+        let two_ends = self.prefaults.while_held.map(|help| {
+            let regions: Vec<(usize, u64)> = self
+                .ram
+                .iter()
+                .map(|r| (r.host_addr as usize, r.size))
+                .collect();
+            Arc::new(crate::memory::TwoEnds::new(
+                &regions,
+                help.page_size,
+                help.hugetlb,
+            ))
+        });
+        let bottom = two_ends.clone();
         let helper_filters = filters.clone();
         let (filters, exit) = (filters.clone(), exit.clone());
         let stop = map.stopping();
@@ -482,6 +529,8 @@ impl Passthrough {
                 .and_then(|()| {
                     if let Some(p) = &prefault {
                         prefault_before_map(p, &stop);
+                    } else if let Some(two) = &bottom {
+                        populate_from_bottom(two, &stop);
                     }
                     // SAFETY: the regions are the VM's guest RAM; it stays mapped until after
                     // the VM and this container are gone (`release` waits for this thread,
@@ -520,33 +569,21 @@ impl Passthrough {
             device: "guest RAM".to_string(),
             source: BuildError::Thread(e),
         })?;
-        if let Some(help) = self.prefaults.while_held {
-            let regions: Vec<(usize, u64)> = self
-                .ram
-                .iter()
-                .map(|r| (r.host_addr as usize, r.size))
-                .collect();
+        if let (Some(help), Some(two)) = (self.prefaults.while_held, two_ends) {
             let helper = move |held: usize, done: &AtomicBool| {
                 if let Err(e) = helper_filters.apply(crate::seccomp::ThreadKind::Vmm) {
                     warn!("the DMA map's helper: {}", crate::error_chain(&e));
                     return;
                 }
                 let threads = held.min(help.threads).max(1);
-                match crate::memory::prefault_from_top_until(
-                    &regions,
-                    help.page_size,
-                    help.hugetlb,
-                    threads,
-                    done,
-                ) {
+                match two.from_top(threads, done) {
                     Ok(stats) => info!(
                         "guest RAM: with {held} vCPU(s) held at the bus-master gate, {threads} \
-                         thread(s) went over {} MiB of it from the top down in {:?}, \
-                         populating what the pin had not reached{}",
+                         thread(s) populated {} MiB of it from the top down in {:?}{}",
                         stats.bytes >> 20,
                         stats.elapsed,
                         if stats.stopped {
-                            " (stopped there: the mapping was done)"
+                            " (stopped there: the mapping had settled)"
                         } else {
                             ""
                         }

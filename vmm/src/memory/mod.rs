@@ -18,8 +18,8 @@ use crate::config::MemoryBacking;
 use crate::Error;
 
 pub use prefault::{
-    available_cpus, cpus_beside_guest, prefault, prefault_before_pin, prefault_from_top_until,
-    prefault_until, PrefaultStats, BEFORE_PIN_MIN_BYTES,
+    available_cpus, cpus_beside_guest, prefault, prefault_before_pin, prefault_until,
+    PrefaultStats, TwoEnds, BEFORE_PIN_MIN_BYTES,
 };
 
 /// The guest's RAM.

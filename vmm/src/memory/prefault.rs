@@ -19,9 +19,9 @@ const MADV_POPULATE_WRITE: libc::c_int = 23;
 /// Work is handed out in chunks of this size (or of one page, if pages are larger), so threads
 /// that finish early take over from slow ones.
 const CHUNK: u64 = 64 << 20;
-/// The chunks of [`prefault_from_top_until`]: small, so that it ends soon after the pin it
-/// helps is done (one 2 MiB huge page, or one page if pages are larger).
-const FROM_TOP_CHUNK: u64 = 2 << 20;
+/// The chunks of [`TwoEnds`]: small, so that the threads at its two ends meet closely (one
+/// 2 MiB huge page, or one page if pages are larger).
+const SMALL_CHUNK: u64 = 2 << 20;
 
 /// Private anonymous guest RAM at least this large is prefaulted before its first DMA mapping
 /// when `prefault` is not given. Measured in the rig (docs/memory.md, 2-CPU rig host): for 2 GiB
@@ -149,55 +149,89 @@ pub fn prefault_until(
     stop: &AtomicBool,
 ) -> Result<PrefaultStats, MemoryError> {
     let regions: Vec<(usize, u64)> = mem.iter().map(|r| (r.as_ptr() as usize, r.len())).collect();
-    populate(
-        &chunks(&regions, page, CHUNK),
-        page,
-        hugetlb,
-        max_threads,
-        stop,
-    )
-}
-
-/// Populates guest RAM (`regions`: host address, length) from its last page down to its first,
-/// in small chunks on up to `max_threads` threads, until `stop` is set. It runs beside a
-/// `VFIO_IOMMU_MAP_DMA` that pins the same RAM from the bottom up: on CPUs that vCPUs held at
-/// the bus-master gate leave idle, the two meet in the middle, and the pin finds the upper
-/// half present instead of faulting and zeroing it on its one thread. Pages the pin got to
-/// first cost a page-table walk.
-pub fn prefault_from_top_until(
-    regions: &[(usize, u64)],
-    page: u64,
-    hugetlb: bool,
-    max_threads: usize,
-    stop: &AtomicBool,
-) -> Result<PrefaultStats, MemoryError> {
-    populate(
-        &from_top_chunks(regions, page),
-        page,
-        hugetlb,
-        max_threads,
-        stop,
-    )
-}
-
-/// The chunks of [`prefault_from_top_until`], the last of the highest region first.
-fn from_top_chunks(regions: &[(usize, u64)], page: u64) -> Vec<Chunk> {
-    let mut work = chunks(regions, page, FROM_TOP_CHUNK);
-    work.sort_by_key(|c| std::cmp::Reverse(c.host));
-    work
-}
-
-/// Populates the chunks of `work` in its order, on up to `max_threads` threads, each looking at
-/// `stop` before each chunk.
-fn populate(
-    work: &[Chunk],
-    page: u64,
-    hugetlb: bool,
-    max_threads: usize,
-    stop: &AtomicBool,
-) -> Result<PrefaultStats, MemoryError> {
-    let threads = thread_count(work.len(), max_threads);
+    let work = chunks(&regions, page, CHUNK);
     let next = AtomicUsize::new(0);
+    populate(
+        &|| work.get(next.fetch_add(1, Ordering::Relaxed)).copied(),
+        thread_count(work.len(), max_threads),
+        page,
+        hugetlb,
+        stop,
+    )
+}
+
+/// Guest RAM cut into small chunks (one 2 MiB huge page, or one page if pages are larger) that
+/// threads take from its two ends while it is DMA-mapped beside the booting guest: the thread
+/// that maps it from the bottom up, and helpers on the CPUs of vCPUs held at the bus-master
+/// gate from the top down. Each chunk is populated once, and the map thread pins only when all
+/// are present. A pin running beside a populate waits for it: after each run of pages VFIO
+/// accounts them as locked with the process's memory map locked for writing, which a populate
+/// holds for reading while it zeroes a page (in the rig a pin beside a helper lost about a
+/// fifth of both threads' time that way, docs/memory.md).
+pub struct TwoEnds {
+    work: Vec<Chunk>,
+    /// The chunks not yet taken: `work[lo..hi]`.
+    ends: std::sync::Mutex<(usize, usize)>,
+    page: u64,
+    hugetlb: bool,
+}
+
+impl TwoEnds {
+    /// `regions` (host address, length) in pages of `page` bytes (`hugetlb` for messages).
+    pub fn new(regions: &[(usize, u64)], page: u64, hugetlb: bool) -> Self {
+        let work = chunks(regions, page, SMALL_CHUNK);
+        let n = work.len();
+        TwoEnds {
+            work,
+            ends: std::sync::Mutex::new((0, n)),
+            page,
+            hugetlb,
+        }
+    }
+
+    /// The next chunk from the bottom (`from_top` false) or the top; `None` once all are taken.
+    fn take(&self, from_top: bool) -> Option<Chunk> {
+        let mut ends = self.ends.lock().unwrap_or_else(|e| e.into_inner());
+        let (lo, hi) = *ends;
+        if lo >= hi {
+            return None;
+        }
+        let at = if from_top {
+            ends.1 -= 1;
+            ends.1
+        } else {
+            ends.0 += 1;
+            lo
+        };
+        Some(self.work[at])
+    }
+
+    /// Populates chunks from the bottom up on this thread until none is left or `stop` is set.
+    pub fn from_bottom(&self, stop: &AtomicBool) -> Result<PrefaultStats, MemoryError> {
+        populate(&|| self.take(false), 1, self.page, self.hugetlb, stop)
+    }
+
+    /// Populates chunks from the top down on up to `max_threads` threads until none is left or
+    /// `stop` is set.
+    pub fn from_top(
+        &self,
+        max_threads: usize,
+        stop: &AtomicBool,
+    ) -> Result<PrefaultStats, MemoryError> {
+        let threads = thread_count(self.work.len(), max_threads);
+        populate(&|| self.take(true), threads, self.page, self.hugetlb, stop)
+    }
+}
+
+/// Populates the chunks `next` hands out on `threads` threads, each looking at `stop` before
+/// each chunk.
+fn populate(
+    next: &(dyn Fn() -> Option<Chunk> + Sync),
+    threads: usize,
+    page: u64,
+    hugetlb: bool,
+    stop: &AtomicBool,
+) -> Result<PrefaultStats, MemoryError> {
     let no_populate = AtomicBool::new(false);
     let (populated, stopped) = (AtomicU64::new(0), AtomicBool::new(false));
     let start = Instant::now();
@@ -205,11 +239,13 @@ fn populate(
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| -> Result<(), MemoryError> {
-                    while let Some(&c) = work.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    loop {
+                        // Looked at before a chunk is taken: one taken is one populated.
                         if stop.load(Ordering::Acquire) {
                             stopped.store(true, Ordering::Relaxed);
                             return Ok(());
                         }
+                        let Some(c) = next() else { break };
                         populated.fetch_add(c.len, Ordering::Relaxed);
                         if no_populate.load(Ordering::Relaxed) {
                             touch(c, page);
@@ -381,24 +417,22 @@ mod tests {
     }
 
     #[test]
-    fn from_the_top_down_the_last_page_comes_first_in_chunks_of_a_huge_page_or_a_page() {
+    fn the_two_ends_hand_out_each_chunk_once_bottom_first_or_top_first() {
         let regions = [(0x1000_0000usize, 6u64 << 20), (0x4000_0000, 3 << 20)];
-        let work = from_top_chunks(&regions, 4096);
-        let hosts: Vec<_> = work.iter().map(|c| (c.host, c.len)).collect();
-        assert_eq!(
-            hosts,
-            [
-                (0x4020_0000, 1 << 20),
-                (0x4000_0000, 2 << 20),
-                (0x1040_0000, 2 << 20),
-                (0x1020_0000, 2 << 20),
-                (0x1000_0000, 2 << 20),
-            ]
-        );
+        let two = TwoEnds::new(&regions, 4096, false);
+        let top = |c: Option<Chunk>| c.map(|c| (c.host, c.len));
+        assert_eq!(top(two.take(true)), Some((0x4020_0000, 1 << 20)));
+        assert_eq!(top(two.take(false)), Some((0x1000_0000, 2 << 20)));
+        assert_eq!(top(two.take(true)), Some((0x4000_0000, 2 << 20)));
+        assert_eq!(top(two.take(false)), Some((0x1020_0000, 2 << 20)));
+        assert_eq!(top(two.take(true)), Some((0x1040_0000, 2 << 20)));
+        assert_eq!(two.take(false), None);
+        assert_eq!(two.take(true), None);
         // 1 GiB hugetlbfs pages: one page a chunk.
-        let work = from_top_chunks(&[(0x4000_0000, 2 << 30)], 1 << 30);
-        assert_eq!(work.len(), 2);
-        assert_eq!(work[0].host, 0x8000_0000);
+        let two = TwoEnds::new(&[(0x4000_0000, 2 << 30)], 1 << 30, true);
+        assert_eq!(two.take(true).map(|c| c.host), Some(0x8000_0000));
+        assert_eq!(two.take(true).map(|c| c.host), Some(0x4000_0000));
+        assert_eq!(two.take(false), None);
     }
 
     /// Pages of the mapping at `base` (`len` bytes) that are resident, by `mincore`.
@@ -412,23 +446,26 @@ mod tests {
     }
 
     #[test]
-    fn from_the_top_down_every_page_is_populated_and_a_stop_populates_none() {
-        let ram = super::super::backing::create(16 << 20, &MemoryBacking::default()).unwrap();
+    fn from_both_ends_every_page_is_populated_once_and_a_stop_populates_none() {
+        let ram = super::super::backing::create(64 << 20, &MemoryBacking::default()).unwrap();
         let region = ram.mem.iter().next().unwrap();
         let regions = [(region.as_ptr() as usize, region.len())];
         let len = region.len() as usize;
-        let stopped =
-            prefault_from_top_until(&regions, ram.page_size, false, 2, &AtomicBool::new(true))
-                .unwrap();
+        let two = TwoEnds::new(&regions, ram.page_size, false);
+        let stopped = two.from_top(2, &AtomicBool::new(true)).unwrap();
         assert!(stopped.stopped);
         assert_eq!(stopped.bytes, 0);
         assert!(!resident_pages(region.as_ptr(), len).iter().any(|&r| r));
-        let stats =
-            prefault_from_top_until(&regions, ram.page_size, false, 1, &AtomicBool::new(false))
-                .unwrap();
-        assert_eq!(stats.bytes, 16 << 20);
-        assert!(!stats.stopped);
+        let (bottom, top) = std::thread::scope(|s| {
+            let top = s.spawn(|| two.from_top(2, &AtomicBool::new(false)).unwrap());
+            let bottom = two.from_bottom(&AtomicBool::new(false)).unwrap();
+            (bottom, top.join().unwrap())
+        });
+        assert_eq!(bottom.bytes + top.bytes, 64 << 20, "{bottom:?} {top:?}");
+        assert!(!bottom.stopped && !top.stopped);
         assert!(resident_pages(region.as_ptr(), len).iter().all(|&r| r));
+        // Every chunk is taken: another pass has nothing left.
+        assert_eq!(two.from_bottom(&AtomicBool::new(false)).unwrap().bytes, 0);
     }
 
     #[test]

@@ -11,10 +11,10 @@
 //! held at the gate is let go (without bus mastering), and the mapping ends at its next piece
 //! instead of pinning the rest of guest RAM first.
 //!
-//! A vCPU held at the gate leaves its CPU idle while the pin runs on one thread. A helper
-//! ([`RamDmaMap::start_helper`]) waits for that moment and then uses the idle CPUs to populate
-//! guest RAM from the top down, so that the pin, which works from the bottom up, finds the rest
-//! present (see `memory::prefault_from_top_until`).
+//! A vCPU held at the gate leaves its CPU idle while the map thread populates guest RAM from
+//! the bottom up. A helper ([`RamDmaMap::start_helper`]) waits for that moment and then uses the
+//! idle CPUs to populate it from the top down; when the two meet, the map thread pins pages
+//! that are all present (see `memory::TwoEnds`).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
