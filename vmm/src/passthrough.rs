@@ -84,8 +84,8 @@ pub struct Prefaults {
     pub at_start: Option<PrefaultBeforeMap>,
     /// At the first hot-plug.
     pub hot_plug: Option<PrefaultBeforeMap>,
-    /// Before the mapping beside the booting guest (unless `at_start` did it), and while a
-    /// vCPU waits at the bus-master gate for it; `None` with `prefault=off`.
+    /// Before the mapping beside the booting guest, and while a vCPU waits at the bus-master
+    /// gate for it, unless `at_start` prefaulted it all; `None` with `prefault=off`.
     pub while_held: Option<PrefaultWhileHeld>,
 }
 
@@ -504,8 +504,10 @@ impl Passthrough {
         let ram = self.ram.clone();
         let prefault = self.prefaults.at_start.clone();
         // Unless prefault=off, the map thread populates guest RAM from the bottom up and then
-        // pins it, and vCPUs held at the gate lend their CPUs from the top down.
-        let two_ends = self.prefaults.while_held.map(|help| {
+        // pins it, and vCPUs held at the gate lend their CPUs from the top down. A prefault
+        // before the map leaves nothing to populate, so then neither runs.
+        let while_held = self.prefaults.while_held.filter(|_| prefault.is_none());
+        let two_ends = while_held.map(|help| {
             let regions: Vec<(usize, u64)> = self
                 .ram
                 .iter()
@@ -529,7 +531,8 @@ impl Passthrough {
                 .and_then(|()| {
                     if let Some(p) = &prefault {
                         prefault_before_map(p, &stop);
-                    } else if let Some(two) = &bottom {
+                    }
+                    if let Some(two) = &bottom {
                         populate_from_bottom(two, &stop);
                     }
                     // SAFETY: the regions are the VM's guest RAM; it stays mapped until after
@@ -569,7 +572,7 @@ impl Passthrough {
             device: "guest RAM".to_string(),
             source: BuildError::Thread(e),
         })?;
-        if let (Some(help), Some(two)) = (self.prefaults.while_held, two_ends) {
+        if let (Some(help), Some(two)) = (while_held, two_ends) {
             let helper = move |held: usize, done: &AtomicBool| {
                 if let Err(e) = helper_filters.apply(crate::seccomp::ThreadKind::Vmm) {
                     warn!("the DMA map's helper: {}", crate::error_chain(&e));
